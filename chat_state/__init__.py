@@ -1,0 +1,39 @@
+"""chat-state: shared state for chat bots, on memory, Redis and Valkey.
+
+Thread subscriptions, per-thread locks, a JSON cache with TTLs (webhook
+de-duplication), capped lists (message history) and per-thread message queues,
+byte-compatible with the Chat SDK's TypeScript Redis adapters.
+
+>>> from chat_state import State
+>>> with State.from_url("memory://") as state:
+...     state.set_if_not_exists("dedupe:evt-1", True, ttl_ms=600_000)
+True
+"""
+
+from __future__ import annotations
+
+from ._state import AsyncState, State
+from .errors import (
+    BackendError,
+    ChatStateError,
+    ConfigurationError,
+    NotConnectedError,
+    SerializationError,
+)
+from .memory import MemoryStore
+from .models import Lock, QueueEntry
+
+__all__ = [
+    "AsyncState",
+    "BackendError",
+    "ChatStateError",
+    "ConfigurationError",
+    "Lock",
+    "MemoryStore",
+    "NotConnectedError",
+    "QueueEntry",
+    "SerializationError",
+    "State",
+]
+
+__version__ = "0.1.0"

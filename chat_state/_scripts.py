@@ -1,0 +1,86 @@
+"""The server-side scripts, and a pure-Python twin of each.
+
+The Lua sources ship as package data (``chat_state/lua``) and run on a server by
+SHA (the drivers fall back to the full source on NOSCRIPT). The memory backend
+runs the twins, so every backend executes the very same operations; a
+differential test holds each twin against its Lua on a real server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Protocol
+
+__all__ = ["EXTEND", "PUSH", "RELEASE", "SCRIPTS", "Script", "ScriptHost", "sha1_of"]
+
+
+class ScriptHost(Protocol):
+    """The primitive commands a twin may use (the memory store provides them)."""
+
+    def get(self, key: str) -> str | None: ...
+    def delete(self, key: str) -> int: ...
+    def pexpire(self, key: str, ttl_ms: int) -> int: ...
+    def rpush(self, key: str, value: str) -> int: ...
+    def ltrim(self, key: str, start: int, stop: int) -> None: ...
+    def llen(self, key: str) -> int: ...
+
+
+Twin = Callable[[ScriptHost, Sequence[str], Sequence[str]], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script, its SHA1 and its Python twin."""
+
+    name: str
+    source: str
+    sha: str
+    twin: Twin
+
+    def __repr__(self) -> str:
+        return f"Script({self.name!r}, sha={self.sha[:12]}…)"
+
+
+def sha1_of(source: str) -> str:
+    """The SHA1 a server names a script by."""
+    return hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+def _load(name: str, twin: Twin) -> Script:
+    source = files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return Script(name, source, sha1_of(source), twin)
+
+
+def _release(host: ScriptHost, keys: Sequence[str], argv: Sequence[str]) -> int:
+    if host.get(keys[0]) == argv[0]:
+        return host.delete(keys[0])
+    return 0
+
+
+def _extend(host: ScriptHost, keys: Sequence[str], argv: Sequence[str]) -> int:
+    if host.get(keys[0]) == argv[0]:
+        return host.pexpire(keys[0], int(argv[1]))
+    return 0
+
+
+def _push(host: ScriptHost, keys: Sequence[str], argv: Sequence[str]) -> int:
+    key = keys[0]
+    host.rpush(key, argv[0])
+    max_length = int(argv[1])
+    if max_length > 0:
+        host.ltrim(key, -max_length, -1)
+    ttl = int(argv[2])
+    if ttl > 0:
+        host.pexpire(key, ttl)
+    return host.llen(key)
+
+
+RELEASE = _load("release", _release)
+EXTEND = _load("extend", _extend)
+PUSH = _load("push", _push)
+
+#: Every script by SHA, for backends that run the twins.
+SCRIPTS: dict[str, Script] = {s.sha: s for s in (RELEASE, EXTEND, PUSH)}

@@ -1,0 +1,441 @@
+"""The facades: :class:`State` (blocking) and :class:`AsyncState` (async, anyio).
+
+Both have the same methods with the same parameters; each method runs one
+operation from :mod:`chat_state.operations` through a driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from . import operations as ops
+from ._drivers import run_async, run_sync
+from .errors import ConfigurationError, NotConnectedError
+from .models import Lock, QueueEntry
+from .operations import DEFAULT_PREFIX, Keys, Operation
+from .protocols import AsyncRedisLike, BackendFactory, RedisLike
+from .registry import factory_for_client, factory_for_url, redact_url
+
+__all__ = ["AsyncState", "State"]
+
+T = TypeVar("T")
+B = TypeVar("B", RedisLike, AsyncRedisLike)
+S = TypeVar("S", bound="_Facade[Any]")
+
+_URL_VARIABLES = ("CHAT_STATE_URL", "REDIS_URL")
+_MEMORY_WARNING = (
+    "no URL given and neither CHAT_STATE_URL nor REDIS_URL is set: using in-process "
+    "memory state, which is not shared between processes"
+)
+
+
+@dataclass
+class _Attempt:
+    """One connection attempt that concurrent callers of ``connect()`` share."""
+
+    error: BaseException | None = None
+    done: Any = field(default=None)
+
+
+class _Facade(Generic[B]):
+    """What both facades share: configuration, key layout, repr, connection slot."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: object = None,
+        key_prefix: str = DEFAULT_PREFIX,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        driver: str | None = None,
+    ) -> None:
+        if not isinstance(key_prefix, str):
+            raise ConfigurationError(f"key_prefix must be a str, not {type(key_prefix).__name__}")
+        self._logger = logger if logger is not None else logging.getLogger("chat_state")
+        self._keys = Keys(key_prefix)
+        self._backend: B | None = None
+        self._attempt: _Attempt | None = None
+        self._adopted: B | None = None
+        if client is not None:
+            if url is not None or driver is not None:
+                raise ConfigurationError("pass either a client or a url (and driver), not both")
+            self._url: str | None = None
+            self._adopted = factory_for_client(client, self._adopt)
+            self._factory: BackendFactory | None = None
+            return
+        if url is None:
+            url = next((os.environ[v] for v in _URL_VARIABLES if os.environ.get(v)), None)
+            if url is None:
+                url = "memory://"
+                self._logger.warning(_MEMORY_WARNING)
+        self._url = url
+        self._factory = factory_for_url(url, driver)
+
+    @classmethod
+    def from_url(
+        cls: type[S],
+        url: str,
+        *,
+        key_prefix: str = DEFAULT_PREFIX,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        driver: str | None = None,
+    ) -> S:
+        """Create a state adapter for ``url`` (``memory://``, ``redis://``, ...).
+
+        Nothing is connected until :meth:`connect` (or entering the context manager).
+        """
+        return cls(url, key_prefix=key_prefix, logger=logger, driver=driver)
+
+    @staticmethod
+    def _adopt(factory: BackendFactory, client: object) -> B | None:
+        raise NotImplementedError
+
+    @property
+    def key_prefix(self) -> str:
+        """The prefix of every key this adapter writes."""
+        return self._keys.prefix
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether :meth:`connect` has succeeded (and :meth:`disconnect` not been called)."""
+        return self._backend is not None
+
+    def __repr__(self) -> str:
+        where = f"url={redact_url(self._url)!r}" if self._url else "client=<given>"
+        state = "connected" if self._backend is not None else "not connected"
+        return f"{type(self).__name__}({where}, key_prefix={self.key_prefix!r}) [{state}]"
+
+    def _connected(self) -> B:
+        backend = self._backend
+        if backend is None:
+            raise NotConnectedError(f"{type(self).__name__} is not connected. Call connect() first.")
+        return backend
+
+    def _describe(self) -> str:
+        return redact_url(self._url) if self._url else "the given client"
+
+
+class State(_Facade[RedisLike]):
+    """Chat-bot state for blocking code (scripts, Flask, Django, worker threads).
+
+    Safe to share between threads. Use :meth:`from_url` or pass ``client=`` an
+    existing blocking client (never closed by :meth:`disconnect`); with neither,
+    the URL comes from ``CHAT_STATE_URL``, then ``REDIS_URL``, then ``memory://``.
+
+    ``with State.from_url(url) as state:`` connects on entry and disconnects on exit.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: object = None,
+        key_prefix: str = DEFAULT_PREFIX,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        driver: str | None = None,
+    ) -> None:
+        self._guard = threading.Lock()
+        super().__init__(url, client=client, key_prefix=key_prefix, logger=logger, driver=driver)
+
+    @staticmethod
+    def _adopt(factory: BackendFactory, client: object) -> RedisLike | None:
+        return factory.adopt_sync(client)
+
+    def _run(self, operation: Operation[T]) -> T:
+        return run_sync(self._connected(), operation)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect (and check the server answers). Idempotent and thread-safe.
+
+        Threads calling at once share one attempt; after a failure the next call
+        tries again.
+        """
+        while True:
+            with self._guard:
+                if self._backend is not None:
+                    return
+                attempt = self._attempt
+                leading = attempt is None
+                if attempt is None:
+                    attempt = self._attempt = _Attempt(done=threading.Event())
+            if not leading:
+                attempt.done.wait()
+                if isinstance(attempt.error, Exception):
+                    raise attempt.error
+                continue
+            try:
+                backend = self._adopted or self._factory.open_sync(self._url)  # type: ignore[union-attr,arg-type]
+                try:
+                    backend.ping()
+                except BaseException:
+                    backend.close()
+                    raise
+                self._backend = backend
+                self._logger.debug("chat-state connected to %s", self._describe())
+            except BaseException as exc:
+                attempt.error = exc
+                raise
+            finally:
+                with self._guard:
+                    self._attempt = None
+                attempt.done.set()
+
+    def disconnect(self) -> None:
+        """Disconnect; closes the client only if this adapter created it."""
+        with self._guard:
+            backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+            self._logger.debug("chat-state disconnected from %s", self._describe())
+
+    def __enter__(self) -> State:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.disconnect()
+
+    def get_client(self) -> Any:
+        """The underlying client (a redis-py client, a :class:`MemoryStore`, ...)."""
+        return self._connected().client
+
+    # -- subscriptions ------------------------------------------------------------
+
+    def subscribe(self, thread_id: str) -> None:
+        """Add ``thread_id`` to the subscribed threads."""
+        return self._run(ops.subscribe(self._keys, thread_id))
+
+    def unsubscribe(self, thread_id: str) -> None:
+        """Remove ``thread_id`` from the subscribed threads."""
+        return self._run(ops.unsubscribe(self._keys, thread_id))
+
+    def is_subscribed(self, thread_id: str) -> bool:
+        """Whether ``thread_id`` is subscribed."""
+        return self._run(ops.is_subscribed(self._keys, thread_id))
+
+    # -- locks --------------------------------------------------------------------
+
+    def acquire_lock(self, thread_id: str, ttl_ms: int) -> Lock | None:
+        """Take the thread's lock for ``ttl_ms`` ms, or return ``None`` if it is held."""
+        return self._run(ops.acquire_lock(self._keys, thread_id, ttl_ms))
+
+    def release_lock(self, lock: Lock) -> None:
+        """Release ``lock`` if it is still held under its token; otherwise do nothing."""
+        return self._run(ops.release_lock(self._keys, lock))
+
+    def extend_lock(self, lock: Lock, ttl_ms: int) -> bool:
+        """Give ``lock`` a fresh TTL of ``ttl_ms`` from now, if still held; → success."""
+        return self._run(ops.extend_lock(self._keys, lock, ttl_ms))
+
+    def force_release_lock(self, thread_id: str) -> None:
+        """Delete the thread's lock whoever holds it."""
+        return self._run(ops.force_release_lock(self._keys, thread_id))
+
+    # -- cache --------------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        """The JSON value at ``key``, or ``None``; raw text if the stored text is not JSON."""
+        return self._run(ops.get(self._keys, key))
+
+    def set(self, key: str, value: Any, ttl_ms: int | None = None) -> None:
+        """Store ``value`` as JSON, expiring after ``ttl_ms`` ms if given."""
+        return self._run(ops.set(self._keys, key, value, ttl_ms))
+
+    def set_if_not_exists(self, key: str, value: Any, ttl_ms: int | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent (atomic); → whether it was written."""
+        return self._run(ops.set_if_not_exists(self._keys, key, value, ttl_ms))
+
+    def delete(self, key: str) -> None:
+        """Remove the value at ``key``."""
+        return self._run(ops.delete(self._keys, key))
+
+    # -- lists --------------------------------------------------------------------
+
+    def append_to_list(
+        self, key: str, value: Any, *, max_length: int | None = None, ttl_ms: int | None = None
+    ) -> None:
+        """Append ``value``; keep the newest ``max_length``; refresh the TTL (atomic)."""
+        return self._run(ops.append_to_list(self._keys, key, value, max_length, ttl_ms))
+
+    def get_list(self, key: str) -> list[Any]:
+        """Every value of the list, oldest first; ``[]`` when absent."""
+        return self._run(ops.get_list(self._keys, key))
+
+    # -- queues -------------------------------------------------------------------
+
+    def enqueue(self, thread_id: str, entry: QueueEntry, max_size: int) -> int:
+        """Queue ``entry`` for the thread, keeping the newest ``max_size``; → depth."""
+        return self._run(ops.enqueue(self._keys, thread_id, entry, max_size))
+
+    def dequeue(self, thread_id: str) -> QueueEntry | None:
+        """Take the oldest entry of the thread's queue, or ``None``."""
+        return self._run(ops.dequeue(self._keys, thread_id))
+
+    def queue_depth(self, thread_id: str) -> int:
+        """How many entries the thread's queue holds (expired ones included)."""
+        return self._run(ops.queue_depth(self._keys, thread_id))
+
+
+class AsyncState(_Facade[AsyncRedisLike]):
+    """Chat-bot state for async code (asyncio; trio with the memory backend).
+
+    Use :meth:`from_url` or pass ``client=`` an existing async client (never closed
+    by :meth:`disconnect`); with neither, the URL comes from ``CHAT_STATE_URL``,
+    then ``REDIS_URL``, then ``memory://``. It satisfies the ``StateAdapter``
+    protocol of the Python ``chat_sdk`` package: pass it as ``Chat(state=...)``.
+
+    ``async with AsyncState.from_url(url) as state:`` connects and disconnects.
+    """
+
+    @staticmethod
+    def _adopt(factory: BackendFactory, client: object) -> AsyncRedisLike | None:
+        return factory.adopt_async(client)
+
+    async def _run(self, operation: Operation[T]) -> T:
+        return await run_async(self._connected(), operation)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect (and check the server answers). Idempotent.
+
+        Tasks calling at once share one attempt; after a failure the next call
+        tries again.
+        """
+        while self._backend is None:
+            attempt = self._attempt
+            if attempt is not None:
+                await attempt.done.wait()
+                if isinstance(attempt.error, Exception):
+                    raise attempt.error
+                continue  # succeeded, or the leader was cancelled: look again
+            attempt = self._attempt = _Attempt(done=anyio.Event())
+            try:
+                backend = self._adopted or self._factory.open_async(self._url)  # type: ignore[union-attr,arg-type]
+                try:
+                    await backend.ping()
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await backend.aclose()
+                    raise
+                self._backend = backend
+                self._logger.debug("chat-state connected to %s", self._describe())
+            except BaseException as exc:
+                attempt.error = exc
+                raise
+            finally:
+                self._attempt = None
+                attempt.done.set()
+
+    async def disconnect(self) -> None:
+        """Disconnect; closes the client only if this adapter created it."""
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            await backend.aclose()
+            self._logger.debug("chat-state disconnected from %s", self._describe())
+
+    async def __aenter__(self) -> AsyncState:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()
+
+    def get_client(self) -> Any:
+        """The underlying client (a redis-py asyncio client, a :class:`MemoryStore`, ...)."""
+        return self._connected().client
+
+    # -- subscriptions ------------------------------------------------------------
+
+    async def subscribe(self, thread_id: str) -> None:
+        """Add ``thread_id`` to the subscribed threads."""
+        return await self._run(ops.subscribe(self._keys, thread_id))
+
+    async def unsubscribe(self, thread_id: str) -> None:
+        """Remove ``thread_id`` from the subscribed threads."""
+        return await self._run(ops.unsubscribe(self._keys, thread_id))
+
+    async def is_subscribed(self, thread_id: str) -> bool:
+        """Whether ``thread_id`` is subscribed."""
+        return await self._run(ops.is_subscribed(self._keys, thread_id))
+
+    # -- locks --------------------------------------------------------------------
+
+    async def acquire_lock(self, thread_id: str, ttl_ms: int) -> Lock | None:
+        """Take the thread's lock for ``ttl_ms`` ms, or return ``None`` if it is held."""
+        return await self._run(ops.acquire_lock(self._keys, thread_id, ttl_ms))
+
+    async def release_lock(self, lock: Lock) -> None:
+        """Release ``lock`` if it is still held under its token; otherwise do nothing."""
+        return await self._run(ops.release_lock(self._keys, lock))
+
+    async def extend_lock(self, lock: Lock, ttl_ms: int) -> bool:
+        """Give ``lock`` a fresh TTL of ``ttl_ms`` from now, if still held; → success."""
+        return await self._run(ops.extend_lock(self._keys, lock, ttl_ms))
+
+    async def force_release_lock(self, thread_id: str) -> None:
+        """Delete the thread's lock whoever holds it."""
+        return await self._run(ops.force_release_lock(self._keys, thread_id))
+
+    # -- cache --------------------------------------------------------------------
+
+    async def get(self, key: str) -> Any:
+        """The JSON value at ``key``, or ``None``; raw text if the stored text is not JSON."""
+        return await self._run(ops.get(self._keys, key))
+
+    async def set(self, key: str, value: Any, ttl_ms: int | None = None) -> None:
+        """Store ``value`` as JSON, expiring after ``ttl_ms`` ms if given."""
+        return await self._run(ops.set(self._keys, key, value, ttl_ms))
+
+    async def set_if_not_exists(self, key: str, value: Any, ttl_ms: int | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent (atomic); → whether it was written."""
+        return await self._run(ops.set_if_not_exists(self._keys, key, value, ttl_ms))
+
+    async def delete(self, key: str) -> None:
+        """Remove the value at ``key``."""
+        return await self._run(ops.delete(self._keys, key))
+
+    # -- lists --------------------------------------------------------------------
+
+    async def append_to_list(
+        self, key: str, value: Any, *, max_length: int | None = None, ttl_ms: int | None = None
+    ) -> None:
+        """Append ``value``; keep the newest ``max_length``; refresh the TTL (atomic)."""
+        return await self._run(ops.append_to_list(self._keys, key, value, max_length, ttl_ms))
+
+    async def get_list(self, key: str) -> list[Any]:
+        """Every value of the list, oldest first; ``[]`` when absent."""
+        return await self._run(ops.get_list(self._keys, key))
+
+    # -- queues -------------------------------------------------------------------
+
+    async def enqueue(self, thread_id: str, entry: QueueEntry, max_size: int) -> int:
+        """Queue ``entry`` for the thread, keeping the newest ``max_size``; → depth."""
+        return await self._run(ops.enqueue(self._keys, thread_id, entry, max_size))
+
+    async def dequeue(self, thread_id: str) -> QueueEntry | None:
+        """Take the oldest entry of the thread's queue, or ``None``."""
+        return await self._run(ops.dequeue(self._keys, thread_id))
+
+    async def queue_depth(self, thread_id: str) -> int:
+        """How many entries the thread's queue holds (expired ones included)."""
+        return await self._run(ops.queue_depth(self._keys, thread_id))

@@ -1,0 +1,344 @@
+"""The in-process backend: the embedded default (``memory://``).
+
+A :class:`MemoryStore` keeps strings, sets and lists with millisecond TTLs and
+behaves like Redis for every command chat-state uses (lists and cache values are
+separate keys, a command on a key of the wrong type fails with WRONGTYPE, an
+expired key is gone). Scripts run as their pure-Python twins, so the memory
+backend executes the very same operations as a server.
+
+``memory://`` gives each adapter a private store; ``memory://NAME`` selects a
+store shared by every adapter in this process that names it. State kept here is
+not shared between processes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._scripts import SCRIPTS, Script, sha1_of
+from .errors import BackendError, ConfigurationError
+from .protocols import Arg, AsyncRedisLike, NoScriptError, RedisLike
+
+__all__ = ["MemoryStore"]
+
+_Value = str | set[str] | deque[str]
+_WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+
+
+def _clock_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+class MemoryStore:
+    """A thread-safe in-process key space with Redis semantics.
+
+    Expired keys are dropped lazily on access and, through a heap of deadlines,
+    on every write, so memory stays bounded by the live keys.
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[str, _Value] = {}
+        self._deadlines: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        self.lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore keys={len(self._data)}>"
+
+    # -- key space (callers hold self.lock) -------------------------------------------
+
+    def _live(self, key: str) -> _Value | None:
+        deadline = self._deadlines.get(key)
+        if deadline is not None and deadline <= _clock_ms():
+            self._drop(key)
+            return None
+        return self._data.get(key)
+
+    def _drop(self, key: str) -> None:
+        self._data.pop(key, None)
+        self._deadlines.pop(key, None)
+
+    def _sweep(self) -> None:
+        now = _clock_ms()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, key = heapq.heappop(heap)
+            if self._deadlines.get(key) == deadline:
+                self._drop(key)
+
+    def _expire_at(self, key: str, ttl_ms: int) -> None:
+        deadline = _clock_ms() + ttl_ms
+        self._deadlines[key] = deadline
+        heapq.heappush(self._heap, (deadline, key))
+
+    def _typed(self, key: str, kind: type[Any]) -> Any:
+        value = self._live(key)
+        if value is not None and not isinstance(value, kind):
+            raise BackendError(_WRONGTYPE)
+        return value
+
+    # -- commands ---------------------------------------------------------------------
+
+    def get(self, key: str) -> str | None:
+        with self.lock:
+            value: str | None = self._typed(key, str)
+            return value
+
+    def set(self, key: str, value: str, px: int | None = None, nx: bool = False) -> bool:
+        with self.lock:
+            self._sweep()
+            if nx and self._live(key) is not None:
+                return False
+            self._drop(key)
+            self._data[key] = value
+            if px:
+                self._expire_at(key, px)
+            return True
+
+    def delete(self, key: str) -> int:
+        with self.lock:
+            present = self._live(key) is not None
+            self._drop(key)
+            return int(present)
+
+    def pexpire(self, key: str, ttl_ms: int) -> int:
+        with self.lock:
+            if self._live(key) is None:
+                return 0
+            if ttl_ms <= 0:
+                self._drop(key)
+            else:
+                self._expire_at(key, ttl_ms)
+            return 1
+
+    def pttl(self, key: str) -> int:
+        """Milliseconds left: -2 if the key is absent, -1 if it has no TTL."""
+        with self.lock:
+            if self._live(key) is None:
+                return -2
+            deadline = self._deadlines.get(key)
+            return -1 if deadline is None else max(0, round(deadline - _clock_ms()))
+
+    def sadd(self, key: str, member: str) -> int:
+        with self.lock:
+            self._sweep()
+            members: set[str] | None = self._typed(key, set)
+            if members is None:
+                members = self._data[key] = set()
+            before = len(members)
+            members.add(member)
+            return len(members) - before
+
+    def srem(self, key: str, member: str) -> int:
+        with self.lock:
+            members: set[str] | None = self._typed(key, set)
+            if members is None or member not in members:
+                return 0
+            members.discard(member)
+            if not members:
+                self._drop(key)
+            return 1
+
+    def sismember(self, key: str, member: str) -> bool:
+        with self.lock:
+            members: set[str] | None = self._typed(key, set)
+            return members is not None and member in members
+
+    def smembers(self, key: str) -> set[str]:
+        with self.lock:
+            members: set[str] | None = self._typed(key, set)
+            return set(members or ())
+
+    def rpush(self, key: str, value: str) -> int:
+        with self.lock:
+            self._sweep()
+            items: deque[str] | None = self._typed(key, deque)
+            if items is None:
+                items = self._data[key] = deque()
+            items.append(value)
+            return len(items)
+
+    def lpop(self, key: str) -> str | None:
+        with self.lock:
+            items: deque[str] | None = self._typed(key, deque)
+            if not items:
+                return None
+            value = items.popleft()
+            if not items:
+                self._drop(key)
+            return value
+
+    def llen(self, key: str) -> int:
+        with self.lock:
+            items: deque[str] | None = self._typed(key, deque)
+            return len(items) if items else 0
+
+    def lrange(self, key: str, start: int, stop: int) -> list[str]:
+        with self.lock:
+            items: deque[str] | None = self._typed(key, deque)
+            if not items:
+                return []
+            n = len(items)
+            first = max(start + n if start < 0 else start, 0)
+            last = min(stop + n if stop < 0 else stop, n - 1)
+            return [items[i] for i in range(first, last + 1)]
+
+    def ltrim(self, key: str, start: int, stop: int) -> None:
+        with self.lock:
+            items: deque[str] | None = self._typed(key, deque)
+            if not items:
+                return
+            kept = self.lrange(key, start, stop)
+            if kept:
+                self._data[key] = deque(kept)
+            else:
+                self._drop(key)
+
+    def keys(self) -> list[str]:
+        """Every live key (for tests and inspection)."""
+        with self.lock:
+            return [key for key in list(self._data) if self._live(key) is not None]
+
+    def flush(self) -> None:
+        """Remove every key."""
+        with self.lock:
+            self._data.clear()
+            self._deadlines.clear()
+            self._heap.clear()
+
+    def run_script(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """Run the Python twin of the script with this SHA (EVALSHA)."""
+        script: Script | None = SCRIPTS.get(sha)
+        if script is None:
+            raise NoScriptError(sha)
+        with self.lock:
+            # ARGV reach Lua as strings; give the twins the same.
+            return script.twin(self, keys, [str(arg) for arg in args])
+
+
+class MemoryBackend:
+    """:class:`~chat_state.protocols.RedisLike` over a :class:`MemoryStore`."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.get = store.get
+        self.delete = store.delete
+        self.sadd = store.sadd
+        self.srem = store.srem
+        self.sismember = store.sismember
+        self.lpop = store.lpop
+        self.llen = store.llen
+        self.lrange = store.lrange
+        self.set = store.set
+        self.evalsha = store.run_script
+
+    @property
+    def client(self) -> MemoryStore:
+        return self.store
+
+    def ping(self) -> None:
+        return None
+
+    def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        return self.store.run_script(sha1_of(source), keys, args)
+
+    def close(self) -> None:
+        return None
+
+
+class AsyncMemoryBackend:
+    """:class:`~chat_state.protocols.AsyncRedisLike` over a :class:`MemoryStore`.
+
+    The store does no I/O, so each call completes without suspending; the store's
+    lock is held only for the command itself.
+    """
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._sync = MemoryBackend(store)
+
+    @property
+    def client(self) -> MemoryStore:
+        return self._sync.store
+
+    async def ping(self) -> None:
+        return None
+
+    async def sadd(self, key: str, member: str) -> int:
+        return self._sync.sadd(key, member)
+
+    async def srem(self, key: str, member: str) -> int:
+        return self._sync.srem(key, member)
+
+    async def sismember(self, key: str, member: str) -> bool:
+        return self._sync.sismember(key, member)
+
+    async def set(self, key: str, value: str, px: int | None, nx: bool) -> bool:
+        return self._sync.set(key, value, px, nx)
+
+    async def get(self, key: str) -> str | None:
+        return self._sync.get(key)
+
+    async def delete(self, key: str) -> int:
+        return self._sync.delete(key)
+
+    async def lpop(self, key: str) -> str | None:
+        return self._sync.lpop(key)
+
+    async def llen(self, key: str) -> int:
+        return self._sync.llen(key)
+
+    async def lrange(self, key: str, start: int, stop: int) -> list[str]:
+        return self._sync.lrange(key, start, stop)
+
+    async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        return self._sync.evalsha(sha, keys, args)
+
+    async def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        return self._sync.eval(source, keys, args)
+
+    async def aclose(self) -> None:
+        return None
+
+
+_named_stores: dict[str, MemoryStore] = {}
+_named_lock = threading.Lock()
+
+
+def store_for_url(url: str) -> MemoryStore:
+    """``memory://`` → a new private store; ``memory://NAME`` → the shared store NAME."""
+    parts = urlsplit(url)
+    if parts.scheme != "memory" or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigurationError("a memory URL is memory:// or memory://NAME")
+    name = parts.netloc
+    if not name:
+        return MemoryStore()
+    with _named_lock:
+        store = _named_stores.get(name)
+        if store is None:
+            store = _named_stores[name] = MemoryStore()
+        return store
+
+
+class MemoryFactory:
+    """The :class:`~chat_state.protocols.BackendFactory` of ``memory://``."""
+
+    def open_sync(self, url: str) -> RedisLike:
+        return MemoryBackend(store_for_url(url))
+
+    def open_async(self, url: str) -> AsyncRedisLike:
+        return AsyncMemoryBackend(store_for_url(url))
+
+    def adopt_sync(self, client: object) -> RedisLike | None:
+        return MemoryBackend(client) if isinstance(client, MemoryStore) else None
+
+    def adopt_async(self, client: object) -> AsyncRedisLike | None:
+        return AsyncMemoryBackend(client) if isinstance(client, MemoryStore) else None
+
+
+BACKEND = MemoryFactory()

@@ -1,0 +1,143 @@
+"""Choosing a backend: by URL scheme, by ``driver=``, or by the type of a client.
+
+Built-in schemes live in a table that maps each to the module holding its
+:class:`~chat_state.protocols.BackendFactory` and the extra that installs it, so a
+missing client library gives ``pip install "chat-state[redis]"`` rather than an
+``ImportError``. Third-party backends register a factory under the entry-point
+group ``chat_state.backends`` (the entry point's name is the URL scheme); they
+are read lazily and cannot replace a built-in scheme.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigurationError
+from .protocols import BackendFactory
+
+__all__ = ["ENTRY_POINT_GROUP", "factory_for_client", "factory_for_url", "redact_url"]
+
+ENTRY_POINT_GROUP = "chat_state.backends"
+
+B = TypeVar("B")
+logger = logging.getLogger("chat_state")
+
+
+@dataclass(frozen=True, slots=True)
+class _Driver:
+    module: str
+    extra: str | None
+    library: str
+
+
+_MEMORY = _Driver("chat_state.memory", None, "the memory backend")
+_DRIVERS: dict[str, _Driver] = {
+    "redis": _Driver("chat_state_redis", "redis", "redis-py"),
+}
+#: Schemes and the driver each uses unless ``driver=`` says otherwise.
+_SCHEMES: dict[str, str] = {"redis": "redis", "rediss": "redis", "unix": "redis"}
+#: Top-level package of a client's class → the driver that adopts it.
+_CLIENT_PACKAGES: dict[str, _Driver] = {"chat_state": _MEMORY, "redis": _DRIVERS["redis"]}
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def _load(driver: _Driver, what: str) -> BackendFactory:
+    try:
+        module = importlib.import_module(driver.module)
+    except ImportError as exc:
+        hint = f'pip install "chat-state[{driver.extra}]"' if driver.extra else "a reinstall"
+        raise ConfigurationError(
+            f"{what} needs {driver.library}, which is not installed ({exc.name} is missing); "
+            f"install it with: {hint}"
+        ) from None
+    factory: BackendFactory = module.BACKEND
+    return factory
+
+
+def _plugins() -> dict[str, BackendFactory]:
+    found: dict[str, BackendFactory] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in _SCHEMES or entry.name == "memory":
+            logger.warning(
+                "ignoring entry point %r of %s: the scheme %r:// is built in",
+                entry.value,
+                ENTRY_POINT_GROUP,
+                entry.name,
+            )
+            continue
+        found[entry.name] = entry.load()
+    return found
+
+
+def known_schemes() -> list[str]:
+    """Every scheme a URL may use: built-in ones, then those of installed plugins."""
+    return ["memory", *_SCHEMES, *sorted(_plugins())]
+
+
+def factory_for_url(url: str, driver: str | None = None) -> BackendFactory:
+    """The backend factory for ``url``, or :class:`ConfigurationError`."""
+    if not isinstance(url, str):
+        raise ConfigurationError(f"url must be a str, not {type(url).__name__}")
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        raise ConfigurationError(f"bad URL: {redact_url(url)}") from None
+    if driver is not None and driver not in _DRIVERS:
+        raise ConfigurationError(
+            f"unknown driver {driver!r}; known drivers: {', '.join(sorted(_DRIVERS))}"
+        )
+    if scheme == "memory":
+        if driver is not None:
+            raise ConfigurationError("driver= applies to Redis URLs, not to memory://")
+        return _load(_MEMORY, "memory://")
+    if scheme in _SCHEMES:
+        return _load(_DRIVERS[driver or _SCHEMES[scheme]], f"the {scheme}:// scheme")
+    plugin = _plugins().get(scheme) if scheme else None
+    if plugin is None or driver is not None:
+        known = ", ".join(f"{name}://" for name in known_schemes())
+        raise ConfigurationError(
+            f"unknown URL scheme {scheme + '://' if scheme else '(none)'} in "
+            f"{redact_url(url)!r}; known schemes: {known}"
+        )
+    return plugin
+
+
+def factory_for_client(client: object, adopt: Callable[[BackendFactory, object], B | None]) -> B:
+    """Wrap an existing client with the backend that recognises its type.
+
+    ``adopt`` is ``BackendFactory.adopt_sync`` or ``adopt_async``. Only the backend
+    for the client's own library is imported.
+    """
+    candidates: list[BackendFactory] = []
+    for cls in type(client).__mro__:
+        driver = _CLIENT_PACKAGES.get(cls.__module__.partition(".")[0])
+        if driver is not None:
+            candidates.append(_load(driver, f"a {cls.__module__}.{cls.__qualname__} client"))
+            break
+    candidates.extend(_plugins().values())
+    for factory in candidates:
+        wrapped = adopt(factory, client)
+        if wrapped is not None:
+            return wrapped
+    raise ConfigurationError(
+        f"chat-state does not know a client of type {type(client).__module__}."
+        f"{type(client).__qualname__}; pass a redis-py client or a MemoryStore, or a URL"
+    )

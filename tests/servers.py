@@ -1,0 +1,507 @@
+"""Throwaway Redis servers for the test suite.
+
+This module is plain Python (no pytest fixtures); a conftest wraps it.  It knows how to
+
+* start a private ``redis-server`` (or a compatible binary such as ``valkey-server``) on a
+  free loopback port, in a fresh temporary directory, with persistence off
+  (:class:`RedisServer`);
+* pick a server for a test run (:func:`redis_server_url`): an external server named by the
+  ``CHAT_STATE_TEST_REDIS_URL`` environment variable, else a local binary, else a
+  testcontainers container when a Docker engine answers, else :class:`ServerUnavailable`.
+
+It never talks to ``127.0.0.1:6379``: a system Redis may listen there and tests must not
+touch it.  Only the standard library is imported at module level.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "DEFAULT_URL_ENV_VAR",
+    "RedisServer",
+    "ServerUnavailable",
+    "docker_available",
+    "external_url",
+    "find_redis_server",
+    "redis_server_url",
+]
+
+DEFAULT_URL_ENV_VAR = "CHAT_STATE_TEST_REDIS_URL"
+"""Environment variable naming an external server to use instead of starting one."""
+
+_HOST = "127.0.0.1"
+_SYSTEM_REDIS_PORT = 6379
+_PING = b"*1\r\n$4\r\nPING\r\n"
+_INFO_SERVER = b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"
+_BIND_FAILURE_MARKERS = (
+    "address already in use",
+    "could not create server tcp listening socket",
+    "failed listening on port",
+)
+_LOG_TAIL_LINES = 40
+
+# Servers started by this process and not yet stopped: stopped at interpreter exit as a
+# safety net, should a caller forget to call ``stop()``.
+_live_servers: set[RedisServer] = set()
+
+
+class ServerUnavailable(Exception):
+    """No Redis server can be provided: no external URL, no local binary, no Docker."""
+
+
+def find_redis_server() -> str | None:
+    """Return the path of a ``redis-server`` binary, or ``None`` if there is none.
+
+    Looks on ``PATH`` first, then at the Debian locations ``/usr/bin/redis-server`` and
+    ``/usr/sbin/redis-server``.
+    """
+    found = shutil.which("redis-server")
+    if found is not None:
+        return found
+    for candidate in ("/usr/bin/redis-server", "/usr/sbin/redis-server"):
+        if Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def docker_available(timeout: float = 5.0) -> bool:
+    """Return ``True`` only if a Docker engine answers ``docker info`` within ``timeout`` s.
+
+    A ``docker`` client without a reachable engine makes ``docker info`` fail, so this
+    returns ``False`` quickly in that case.
+    """
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    try:
+        result = subprocess.run(
+            [docker, "info", "--format", "{{.ServerVersion}}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
+def external_url(var: str = DEFAULT_URL_ENV_VAR) -> str | None:
+    """Return the external server URL named by the environment variable ``var``, if set.
+
+    An unset or blank variable gives ``None``.
+    """
+    value = os.environ.get(var, "").strip()
+    return value or None
+
+
+def _free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago (never the system 6379)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((_HOST, 0))
+            port: int = sock.getsockname()[1]
+        if port != _SYSTEM_REDIS_PORT:
+            return port
+
+
+def _read_reply(sock: socket.socket) -> bytes:
+    """Read one RESP reply (simple string, error, integer or bulk string) from ``sock``.
+
+    Returns the reply's first line including its type byte (e.g. ``b"+PONG"``), or for a
+    bulk string ``b"$"`` followed by its payload.
+    """
+    buf = b""
+    while b"\r\n" not in buf:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("connection closed before a full reply")
+        buf += chunk
+    line, _, rest = buf.partition(b"\r\n")
+    if not line.startswith(b"$"):
+        return line
+    length = int(line[1:])
+    if length < 0:
+        return b"$"
+    while len(rest) < length + 2:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed inside a bulk reply")
+        rest += chunk
+    return b"$" + rest[:length]
+
+
+def _info_field(info: bytes, name: str) -> str | None:
+    """Return the value of ``name`` in an ``INFO`` payload, or ``None`` if it is absent."""
+    prefix = name.encode() + b":"
+    for line in info.splitlines():
+        if line.startswith(prefix):
+            return line[len(prefix) :].decode(errors="replace").strip()
+    return None
+
+
+class RedisServer:
+    """A private ``redis-server`` process on a free loopback port.
+
+    The server runs in a fresh temporary directory with persistence off, bound to
+    127.0.0.1 only, logging to a file in that directory.  ``stop()`` ends only the process
+    this object started and removes the directory; it is safe to call more than once.
+
+    Usage::
+
+        with RedisServer(["--requirepass", "s3cret"]) as server:
+            use(server.url)
+    """
+
+    def __init__(
+        self,
+        extra_args: Sequence[str] = (),
+        *,
+        binary: str | None = None,
+        startup_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
+        bind_attempts: int = 5,
+    ) -> None:
+        """Describe a server; nothing starts until :meth:`start` (or ``with``).
+
+        Args:
+            extra_args: extra ``redis-server`` command-line options, e.g.
+                ``["--requirepass", "s3cret"]``; they come after the harness's own options.
+            binary: the server binary; defaults to :func:`find_redis_server`.
+            startup_timeout: seconds to wait, per attempt, for the server to answer PING.
+            stop_timeout: seconds to wait after SIGTERM (and again after SIGKILL).
+            bind_attempts: how many ports to try if the chosen one is taken meanwhile.
+        """
+        if isinstance(extra_args, str):
+            raise TypeError("extra_args must be a sequence of str, not a single str")
+        self.extra_args: list[str] = list(extra_args)
+        self.binary: str | None = binary
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.bind_attempts = max(1, bind_attempts)
+        self._port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmpdir: Path | None = None
+
+    # -- public API -------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The TCP port the running server listens on."""
+        if self._port is None or self._proc is None:
+            raise RuntimeError("server is not running")
+        return self._port
+
+    @property
+    def host(self) -> str:
+        """The address the server listens on (always 127.0.0.1)."""
+        return _HOST
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0`` (without any password given in ``extra_args``)."""
+        return f"redis://{_HOST}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs, else ``None``."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def directory(self) -> Path | None:
+        """The server's temporary working directory while it runs, else ``None``."""
+        return self._tmpdir
+
+    @property
+    def log_path(self) -> Path | None:
+        """The server's log file while it runs, else ``None``."""
+        return self._tmpdir / "redis.log" if self._tmpdir is not None else None
+
+    def start(self) -> RedisServer:
+        """Start the server and wait until it answers PING; return ``self``.
+
+        Raises:
+            FileNotFoundError: no server binary was given or found.
+            RuntimeError: the server did not come up; the message has its log's tail.
+        """
+        if self._proc is not None:
+            raise RuntimeError("server already started")
+        binary = self.binary or find_redis_server()
+        if binary is None:
+            raise FileNotFoundError("redis-server not found (apt-get install redis-server)")
+        self._tmpdir = Path(tempfile.mkdtemp(prefix="chat-state-redis-"))
+        _live_servers.add(self)
+        try:
+            failure = self._start_on_some_port(binary)
+        except BaseException:
+            self.stop()
+            raise
+        if failure is not None:
+            self.stop()
+            raise RuntimeError(failure)
+        return self
+
+    def stop(self) -> None:
+        """Terminate the started process (bounded wait, then kill) and remove its directory.
+
+        Only the process this object started is signalled.  Calling it again is harmless.
+        """
+        self._terminate()
+        self._port = None
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+        _live_servers.discard(self)
+
+    def __enter__(self) -> RedisServer:
+        """Start the server (if not yet running) and return it."""
+        if self._proc is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server."""
+        self.stop()
+
+    def __repr__(self) -> str:
+        """Show the binary, port and pid."""
+        return f"RedisServer(binary={self.binary!r}, port={self._port}, pid={self.pid})"
+
+    # -- internals --------------------------------------------------------------------
+
+    def _command(self, binary: str, port: int) -> list[str]:
+        """Return the full command line for a server on ``port``."""
+        assert self._tmpdir is not None
+        return [
+            binary,
+            "--port", str(port),
+            "--bind", _HOST,
+            "--protected-mode", "no",
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self._tmpdir),
+            "--logfile", str(self._tmpdir / "redis.log"),
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def _start_on_some_port(self, binary: str) -> str | None:
+        """Start on a free port, trying another if it was taken meanwhile.
+
+        Returns ``None`` once the server is ready (``self._port`` set), else why it is not.
+        """
+        failure: str | None = None
+        for _attempt in range(self.bind_attempts):
+            port = _free_port()
+            failure = self._try_start(binary, port)
+            if failure is None:
+                self._port = port
+                return None
+            if not self._bind_failed():
+                break
+        return failure
+
+    def _try_start(self, binary: str, port: int) -> str | None:
+        """Start one process on ``port``; return ``None`` once it is ready, else a reason.
+
+        On failure the process is gone when this returns.
+        """
+        assert self._tmpdir is not None
+        for name in ("redis.log", "stdout.log"):
+            (self._tmpdir / name).unlink(missing_ok=True)
+        with (self._tmpdir / "stdout.log").open("wb") as out:
+            self._proc = subprocess.Popen(
+                self._command(binary, port),
+                cwd=self._tmpdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                self._proc = None
+                return self._describe_failure(
+                    f"{binary} exited with status {code} before answering PING", binary, port
+                )
+            if self._answers_ping(port):
+                return None
+            if time.monotonic() >= deadline:
+                self._terminate()
+                return self._describe_failure(
+                    f"{binary} did not answer PING within {self.startup_timeout:g} s",
+                    binary,
+                    port,
+                )
+            time.sleep(0.05)
+
+    def _answers_ping(self, port: int) -> bool:
+        """Whether our server answers PING on ``port`` (``+PONG`` or ``-NOAUTH``).
+
+        After ``+PONG``, ``INFO server`` must report our process id, so that another server
+        which grabbed the port first is not mistaken for ours.  (Behind ``-NOAUTH`` this
+        cannot be checked; our process being alive has to do.)
+        """
+        assert self._proc is not None
+        try:
+            with socket.create_connection((_HOST, port), timeout=1.0) as sock:
+                sock.sendall(_PING)
+                reply = _read_reply(sock)
+                if reply.startswith(b"-NOAUTH"):
+                    return self._proc.poll() is None
+                if not reply.startswith(b"+PONG"):
+                    return False
+                sock.sendall(_INFO_SERVER)
+                info = _read_reply(sock)
+        except (OSError, ValueError):
+            return False
+        if not info.startswith(b"$"):
+            # INFO refused (e.g. renamed by extra args): fall back to liveness.
+            return self._proc.poll() is None
+        pid = _info_field(info, "process_id")
+        return pid is None or pid == str(self._proc.pid)
+
+    def _terminate(self) -> None:
+        """Stop our process, if any: SIGTERM, bounded wait, then SIGKILL."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=self.stop_timeout)
+
+    def _log_text(self) -> str:
+        """Return the server log and captured stdout/stderr, as one string."""
+        if self._tmpdir is None:
+            return ""
+        parts = []
+        for name in ("redis.log", "stdout.log"):
+            with contextlib.suppress(OSError):
+                text = (self._tmpdir / name).read_text(errors="replace")
+                if text.strip():
+                    parts.append(text)
+        return "\n".join(parts)
+
+    def _bind_failed(self) -> bool:
+        """Whether the last failure looks like the port having been taken meanwhile."""
+        text = self._log_text().lower()
+        return any(marker in text for marker in _BIND_FAILURE_MARKERS)
+
+    def _describe_failure(self, what: str, binary: str, port: int) -> str:
+        """Return a failure message with the command line and the tail of the log."""
+        lines = self._log_text().splitlines()[-_LOG_TAIL_LINES:]
+        tail = "\n".join(lines) if lines else "(log is empty)"
+        command = shlex.join(self._command(binary, port))
+        return f"{what}\ncommand: {command}\nlog tail:\n{tail}"
+
+
+@atexit.register
+def _stop_leftover_servers() -> None:
+    """Stop servers a caller forgot to stop, so none outlive the test process."""
+    for server in list(_live_servers):
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+def _testcontainers_redis() -> Any | None:
+    """Return testcontainers' ``RedisContainer`` if a Docker engine answers and it imports."""
+    if not docker_available():
+        return None
+    try:
+        module = importlib.import_module("testcontainers.redis")
+    except ImportError:
+        return None
+    container_cls: Any = module.RedisContainer
+    return container_cls
+
+
+@contextlib.contextmanager
+def _container_url(container_cls: Any, extra_args: Sequence[str]) -> Iterator[str]:
+    """Run a ``container_cls`` (testcontainers ``RedisContainer``) and yield its URL.
+
+    ``--requirepass PASSWORD`` in ``extra_args`` becomes the container's password so that
+    its readiness check authenticates; all of ``extra_args`` go on the server command line.
+    """
+    args = list(extra_args)
+    password: str | None = None
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--requirepass":
+            password = args[i + 1]
+    container: Any = container_cls(password=password)
+    if args:
+        container.with_command(shlex.join(["redis-server", *args]))
+    with container:
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(6379)
+        yield f"redis://{host}:{port}/0"
+
+
+@contextlib.contextmanager
+def redis_server_url(*extra_args: str) -> Iterator[str]:
+    """Yield the URL of a Redis server for tests, started (and stopped) as needed.
+
+    Resolution order:
+
+    1. ``CHAT_STATE_TEST_REDIS_URL``, if set: yielded as is, nothing started (it cannot
+       honour ``extra_args``, so passing any then raises :class:`ServerUnavailable`);
+    2. a local ``redis-server`` binary: a private :class:`RedisServer`;
+    3. testcontainers' ``RedisContainer``, if a Docker engine answers and the
+       ``testcontainers`` package imports;
+    4. otherwise :class:`ServerUnavailable`, saying what to install.
+
+    The yielded URL never carries a password, even if ``extra_args`` set one.
+    """
+    url = external_url()
+    if url is not None:
+        if extra_args:
+            raise ServerUnavailable(
+                f"{DEFAULT_URL_ENV_VAR} is set ({url}), but this test needs a server started "
+                f"with extra options {list(extra_args)!r}, which an external server cannot "
+                f"honour; unset {DEFAULT_URL_ENV_VAR} or install redis-server locally"
+            )
+        yield url
+        return
+
+    binary = find_redis_server()
+    if binary is not None:
+        with RedisServer(extra_args, binary=binary) as server:
+            yield server.url
+        return
+
+    container_cls = _testcontainers_redis()
+    if container_cls is not None:
+        with _container_url(container_cls, extra_args) as url:
+            yield url
+        return
+
+    raise ServerUnavailable(
+        "no Redis server available for tests: install one (apt-get install redis-server), "
+        f"or set {DEFAULT_URL_ENV_VAR}=redis://HOST:PORT/0 to use an external server, "
+        "or make a Docker engine and the testcontainers package available"
+    )

@@ -110,7 +110,7 @@ def external_url(var: str = DEFAULT_URL_ENV_VAR) -> str | None:
     return value or None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """Return a loopback TCP port that was free a moment ago (never the system 6379)."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -176,6 +176,7 @@ class RedisServer:
         startup_timeout: float = 10.0,
         stop_timeout: float = 5.0,
         bind_attempts: int = 5,
+        port: int | None = None,
     ) -> None:
         """Describe a server; nothing starts until :meth:`start` (or ``with``).
 
@@ -186,6 +187,7 @@ class RedisServer:
             startup_timeout: seconds to wait, per attempt, for the server to answer PING.
             stop_timeout: seconds to wait after SIGTERM (and again after SIGKILL).
             bind_attempts: how many ports to try if the chosen one is taken meanwhile.
+            port: listen on this port (one attempt) instead of a free one.
         """
         if isinstance(extra_args, str):
             raise TypeError("extra_args must be a sequence of str, not a single str")
@@ -195,6 +197,7 @@ class RedisServer:
         self.stop_timeout = stop_timeout
         self.bind_attempts = max(1, bind_attempts)
         self._port: int | None = None
+        self._requested_port = port
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmpdir: Path | None = None
 
@@ -311,8 +314,9 @@ class RedisServer:
         Returns ``None`` once the server is ready (``self._port`` set), else why it is not.
         """
         failure: str | None = None
-        for _attempt in range(self.bind_attempts):
-            port = _free_port()
+        attempts = 1 if self._requested_port else self.bind_attempts
+        for _attempt in range(attempts):
+            port = self._requested_port or free_port()
             failure = self._try_start(binary, port)
             if failure is None:
                 self._port = port

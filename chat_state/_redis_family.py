@@ -173,6 +173,7 @@ class RedisFamily:
         self.async_client: type[Any] = getattr(module.asyncio, client_class)
         self.base_error: type[Exception] = getattr(module.exceptions, base_error)
         self.noscript_error: type[Exception] = module.exceptions.NoScriptError
+        self._parse_url: Callable[[str], dict[str, Any]] = module.connection.parse_url
 
     def __repr__(self) -> str:
         return f"<RedisFamily {self.name}>"
@@ -188,13 +189,17 @@ class RedisFamily:
         password = getattr(pool, "connection_kwargs", {}).get("password")
         return [password] if isinstance(password, str) else []
 
-    def _from_url(self, client_class: type[Any], url: str) -> tuple[Any, list[str]]:
-        secrets = self._url_secrets(url)
+    def validate_url(self, url: str) -> None:
         try:
-            client = client_class.from_url(url, decode_responses=True, **DEFAULT_TIMEOUTS)
+            self._parse_url(url)
         except (ValueError, TypeError) as exc:
-            raise ConfigurationError(f"bad {self.name} URL: {scrub(str(exc), secrets)}") from None
-        return client, secrets
+            detail = scrub(str(exc), self._url_secrets(url))
+            raise ConfigurationError(f"bad {self.name} URL: {detail}") from None
+
+    def _from_url(self, client_class: type[Any], url: str) -> tuple[Any, list[str]]:
+        self.validate_url(url)
+        client = client_class.from_url(url, decode_responses=True, **DEFAULT_TIMEOUTS)
+        return client, self._url_secrets(url)
 
     def open_sync(self, url: str) -> RedisLike:
         client, secrets = self._from_url(self.sync_client, url)

@@ -77,6 +77,7 @@ class _Facade(Generic[B]):
                 self._logger.warning(_MEMORY_WARNING)
         self._url = url
         self._factory = factory_for_url(url, driver)
+        self._factory.validate_url(url)
 
     @classmethod
     def from_url(

@@ -310,12 +310,16 @@ _named_stores: dict[str, MemoryStore] = {}
 _named_lock = threading.Lock()
 
 
-def store_for_url(url: str) -> MemoryStore:
-    """``memory://`` → a new private store; ``memory://NAME`` → the shared store NAME."""
+def _store_name(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme != "memory" or parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigurationError("a memory URL is memory:// or memory://NAME")
-    name = parts.netloc
+    return parts.netloc
+
+
+def store_for_url(url: str) -> MemoryStore:
+    """``memory://`` → a new private store; ``memory://NAME`` → the shared store NAME."""
+    name = _store_name(url)
     if not name:
         return MemoryStore()
     with _named_lock:
@@ -327,6 +331,9 @@ def store_for_url(url: str) -> MemoryStore:
 
 class MemoryFactory:
     """The :class:`~chat_state.protocols.BackendFactory` of ``memory://``."""
+
+    def validate_url(self, url: str) -> None:
+        _store_name(url)
 
     def open_sync(self, url: str) -> RedisLike:
         return MemoryBackend(store_for_url(url))

@@ -74,10 +74,14 @@ class AsyncRedisLike(Protocol):
 class BackendFactory(Protocol):
     """What a backend distribution registers for its URL schemes.
 
-    ``open_*`` create a client from a URL (the backend owns and later closes it);
+    ``validate_url`` runs when an adapter is built, so a bad URL fails before any
+    connection is attempted; ``open_*`` create a client from a URL (the backend owns and later closes it);
     ``adopt_*`` wrap a client the application passed in (never closed by us) and
     return ``None`` for a client of another library.
     """
+
+    def validate_url(self, url: str) -> None:
+        """Raise :class:`~chat_state.errors.ConfigurationError` for a URL it cannot open."""
 
     def open_sync(self, url: str) -> RedisLike: ...
     def open_async(self, url: str) -> AsyncRedisLike: ...

@@ -1,0 +1,425 @@
+"""The facades: one surface, connection lifecycle, client adoption, secrets, the registry."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from typing import Any
+
+import anyio
+import pytest
+import redis
+import redis.asyncio
+
+from chat_state import (
+    AsyncState,
+    BackendError,
+    ChatStateError,
+    ConfigurationError,
+    MemoryStore,
+    NotConnectedError,
+    SerializationError,
+    State,
+)
+from chat_state import registry as registry_module
+from chat_state.memory import store_for_url
+
+from .servers import RedisServer, free_port
+
+PUBLIC_METHODS = {
+    "connect", "disconnect", "subscribe", "unsubscribe", "is_subscribed", "acquire_lock",
+    "release_lock", "extend_lock", "force_release_lock", "get", "set", "set_if_not_exists",
+    "delete", "append_to_list", "get_list", "enqueue", "dequeue", "queue_depth", "get_client",
+}  # fmt: skip
+
+
+def _surface(cls: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(member)
+        for name, member in inspect.getmembers(cls, callable)
+        if not name.startswith("_")
+    }
+
+
+def test_state_and_async_state_have_the_same_surface() -> None:
+    sync, asynchronous = _surface(State), _surface(AsyncState)
+    assert sync.keys() == asynchronous.keys()
+    assert PUBLIC_METHODS <= sync.keys()
+    for name in sync:
+        assert sync[name].parameters == asynchronous[name].parameters, name
+    for name in PUBLIC_METHODS - {"get_client"}:
+        assert inspect.iscoroutinefunction(getattr(AsyncState, name)), name
+        assert not inspect.iscoroutinefunction(getattr(State, name)), name
+    assert inspect.signature(State.append_to_list).parameters["max_length"].kind is (
+        inspect.Parameter.KEYWORD_ONLY
+    )
+
+
+def test_async_state_is_a_chat_sdk_state_adapter() -> None:
+    from chat_sdk.types import StateAdapter
+
+    assert isinstance(AsyncState.from_url("memory://"), StateAdapter)
+    for name, member in inspect.getmembers(StateAdapter, inspect.iscoroutinefunction):
+        if name.startswith("_"):
+            continue
+        ours = inspect.signature(getattr(AsyncState, name))
+        theirs = inspect.signature(member)
+        assert list(ours.parameters) == list(theirs.parameters), name
+        for param, expected in theirs.parameters.items():
+            assert ours.parameters[param].kind == expected.kind, (name, param)
+            assert ours.parameters[param].default == expected.default, (name, param)
+
+
+def test_errors_hierarchy() -> None:
+    for error in (NotConnectedError, ConfigurationError, SerializationError, BackendError):
+        assert issubclass(error, ChatStateError)
+    assert issubclass(ConfigurationError, ValueError)
+    assert issubclass(SerializationError, ValueError)
+
+
+# -- choosing a backend -------------------------------------------------------------------
+
+
+def test_unknown_scheme_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        State.from_url("mongodb://user:hunter2@host/db")
+    message = str(caught.value)
+    for scheme in ("memory://", "redis://", "rediss://", "unix://"):
+        assert scheme in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("url", ["", "localhost:6379", "no scheme at all"])
+def test_urls_without_a_known_scheme(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="unknown URL scheme"):
+        AsyncState.from_url(url)
+
+
+def test_bad_options() -> None:
+    with pytest.raises(ConfigurationError, match="key_prefix"):
+        State.from_url("memory://", key_prefix=5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="unknown driver 'nope'"):
+        State.from_url("redis://localhost", driver="nope")
+    with pytest.raises(ConfigurationError, match="memory"):
+        State.from_url("memory://", driver="redis")
+    with pytest.raises(ConfigurationError, match="memory://"):
+        State.from_url("memory://a/b")
+    with pytest.raises(ConfigurationError, match="not both"):
+        State("memory://", client=MemoryStore())
+
+
+def test_a_missing_client_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = registry_module._Driver("chat_state_not_installed", "redis", "redis-py")
+    monkeypatch.setitem(registry_module._DRIVERS, "redis", missing)
+    with pytest.raises(ConfigurationError) as caught:
+        State.from_url("redis://localhost:6379")
+    assert 'pip install "chat-state[redis]"' in str(caught.value)
+    assert "redis-py" in str(caught.value)
+
+
+class PluginFactory:
+    """A third-party backend: memory under another scheme."""
+
+    def __init__(self) -> None:
+        from chat_state.memory import BACKEND
+
+        self.inner = BACKEND
+
+    def validate_url(self, url: str) -> None:
+        pass
+
+    def open_sync(self, url: str) -> Any:
+        return self.inner.open_sync("memory://plugin-" + url.partition("://")[2])
+
+    def open_async(self, url: str) -> Any:
+        return self.inner.open_async("memory://plugin-" + url.partition("://")[2])
+
+    def adopt_sync(self, client: object) -> Any:
+        return None
+
+    def adopt_async(self, client: object) -> Any:
+        return None
+
+
+PLUGIN = PluginFactory()
+
+
+def test_entry_point_plugins(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from importlib.metadata import EntryPoint
+
+    points = [
+        EntryPoint("acme", f"{__name__}:PLUGIN", registry_module.ENTRY_POINT_GROUP),
+        EntryPoint("redis", f"{__name__}:PLUGIN", registry_module.ENTRY_POINT_GROUP),
+    ]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: points)
+    with State.from_url("acme://x") as state:
+        state.set("k", 1)
+    assert store_for_url("memory://plugin-x").get("chat-sdk:cache:k") == "1"
+    # A plugin cannot take over a built-in scheme.
+    assert State.from_url("redis://localhost")._factory is not PLUGIN
+    assert "the scheme 'redis'://" in caplog.text or "'redis'" in caplog.text
+    with pytest.raises(ConfigurationError, match="acme://"):
+        State.from_url("other://x")
+
+
+def test_url_from_the_environment(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv("CHAT_STATE_URL", raising=False)
+    monkeypatch.setenv("REDIS_URL", "memory://from-redis-url")
+    assert "memory://from-redis-url" in repr(State())
+    monkeypatch.setenv("CHAT_STATE_URL", "memory://from-chat-state-url")
+    assert "memory://from-chat-state-url" in repr(AsyncState())
+    monkeypatch.delenv("CHAT_STATE_URL")
+    monkeypatch.delenv("REDIS_URL")
+    with caplog.at_level(logging.WARNING, logger="chat_state"):
+        state = State()
+    assert "memory://" in repr(state)
+    assert "not shared between processes" in caplog.text
+
+
+def test_a_logger_of_our_own(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("my.bot.state")
+    with caplog.at_level(logging.DEBUG, logger="my.bot.state"):
+        with State.from_url("memory://", logger=logger):
+            pass
+    assert [r.name for r in caplog.records] == ["my.bot.state", "my.bot.state"]
+    assert "connected" in caplog.records[0].getMessage()
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+
+def test_memory_names_select_shared_stores() -> None:
+    with State.from_url("memory://shared-a") as one, State.from_url("memory://shared-a") as two:
+        one.set("k", "v")
+        assert two.get("k") == "v"
+    with State.from_url("memory://") as private_one, State.from_url("memory://") as private_two:
+        private_one.set("k", "v")
+        assert private_two.get("k") is None
+    with State.from_url("memory://shared-a") as again:
+        assert again.get("k") == "v"
+
+
+def test_memory_wrong_type_behaves_like_redis() -> None:
+    store = MemoryStore()
+    store.set("k", "v")
+    with pytest.raises(BackendError, match="WRONGTYPE"):
+        store.rpush("k", "x")
+    with State(client=store) as state, pytest.raises(BackendError, match="WRONGTYPE"):
+        state.get_client().sadd("k", "member")
+
+
+def test_memory_store_is_safe_from_many_threads() -> None:
+    state = State.from_url("memory://")
+    state.connect()
+    barrier = threading.Barrier(8)
+    wins: list[bool] = []
+    locks: list[Any] = []
+
+    def worker() -> None:
+        barrier.wait()
+        for n in range(200):
+            wins.append(state.set_if_not_exists(f"d{n}", True, 60_000))
+            state.append_to_list("log", n)
+        locks.append(state.acquire_lock("one", 60_000))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert wins.count(True) == 200
+    assert len(state.get_list("log")) == 1600
+    assert sum(lock is not None for lock in locks) == 1
+    state.disconnect()
+
+
+def test_memory_expired_keys_do_not_accumulate() -> None:
+    store = MemoryStore()
+    for n in range(1000):
+        store.set(f"k{n}", "v", px=1)
+    threading.Event().wait(0.01)
+    store.set("trigger", "v")
+    assert store.keys() == ["trigger"]
+    assert len(store._data) == 1
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.anyio
+async def test_async_state_on_memory_under_asyncio_and_trio(anyio_backend: str) -> None:
+    async with AsyncState.from_url("memory://") as state:
+        results: list[Any] = []
+
+        async def grab() -> None:
+            results.append(await state.acquire_lock("t", 1_000))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(10):
+                group.start_soon(grab)
+        assert sum(lock is not None for lock in results) == 1
+
+
+# -- connection lifecycle on a real server ---------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_concurrent_connects_share_one_attempt(redis_url: str) -> None:
+    state = AsyncState.from_url(redis_url)
+    opened: list[str] = []
+    factory = state._factory
+    assert factory is not None
+    original = factory.open_async
+
+    def counting_open(url: str) -> Any:
+        opened.append(url)
+        return original(url)
+
+    state._factory = type("Counting", (), {"open_async": staticmethod(counting_open)})()  # type: ignore[assignment]
+    async with anyio.create_task_group() as group:
+        for _ in range(10):
+            group.start_soon(state.connect)
+    assert opened == [redis_url]
+    assert await state.is_subscribed("x") is False
+    await state.disconnect()
+
+
+def test_concurrent_sync_connects_share_one_failed_attempt() -> None:
+    port = free_port()
+    state = State.from_url(f"redis://127.0.0.1:{port}/0")
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def connect() -> None:
+        barrier.wait()
+        try:
+            state.connect()
+        except BackendError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=connect) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(errors) == 6
+    assert 1 <= len({id(error) for error in errors}) < 6  # callers shared attempts
+
+
+@pytest.mark.parametrize("facade", ["sync", "async"])
+@pytest.mark.anyio
+async def test_a_failed_connect_can_be_retried(facade: str) -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    state: Any = State.from_url(url) if facade == "sync" else AsyncState.from_url(url)
+
+    async def connect() -> None:
+        if facade == "sync":
+            state.connect()
+        else:
+            await state.connect()
+
+    with pytest.raises(BackendError, match="ConnectionError"):
+        await connect()
+    assert not state.is_connected
+    with RedisServer(port=port):
+        await connect()
+        assert state.is_connected
+        if facade == "sync":
+            state.set("k", 1)
+            assert state.get("k") == 1
+            state.disconnect()
+        else:
+            await state.set("k", 1)
+            assert await state.get("k") == 1
+            await state.disconnect()
+
+
+def _client_count(url: str) -> int:
+    with redis.Redis.from_url(url) as probe:
+        return len(probe.client_list()) - 1
+
+
+def test_disconnect_closes_only_what_it_created_sync(redis_url: str) -> None:
+    mine = redis.Redis.from_url(redis_url, decode_responses=True)
+    with State(client=mine) as state:
+        assert state.get_client() is mine
+        state.set("adopted", 1)
+    assert mine.ping() is True  # still usable: never closed by us
+    mine.close()
+    before = _client_count(redis_url)
+    state = State.from_url(redis_url)
+    state.connect()
+    state.set("k", 1)
+    assert _client_count(redis_url) == before + 1
+    state.disconnect()
+    assert _client_count(redis_url) == before
+
+
+@pytest.mark.anyio
+async def test_disconnect_closes_only_what_it_created_async(redis_url: str) -> None:
+    mine = redis.asyncio.Redis.from_url(redis_url)  # bytes replies: normalised by us
+    async with AsyncState(client=mine) as state:
+        await state.set("adopted-async", {"é": 1})
+        assert await state.get("adopted-async") == {"é": 1}
+        await state.append_to_list("adopted-list", "x")
+        assert await state.get_list("adopted-list") == ["x"]
+    assert await mine.ping() is True
+    await mine.aclose()
+    before = _client_count(redis_url)
+    state = AsyncState.from_url(redis_url)
+    await state.connect()
+    await state.set("k", 1)
+    assert _client_count(redis_url) == before + 1
+    await state.disconnect()
+    assert _client_count(redis_url) == before
+
+
+def test_clients_of_the_wrong_kind(redis_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="asyncio client: use it with AsyncState"):
+        State(client=redis.asyncio.Redis.from_url(redis_url))
+    with pytest.raises(ConfigurationError, match="blocking client: use it with State"):
+        AsyncState(client=redis.Redis.from_url(redis_url))
+    with pytest.raises(ConfigurationError, match="does not know a client of type"):
+        State(client=object())
+
+
+# -- secrets ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def password_server() -> Any:
+    with RedisServer(["--requirepass", "s3cret-pw"]) as server:
+        yield server
+
+
+@pytest.mark.parametrize("facade", ["sync", "async"])
+@pytest.mark.anyio
+async def test_passwords_never_leak(
+    password_server: RedisServer, facade: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = f"redis://:s3cret-pw@127.0.0.1:{password_server.port}/0"
+    bad = f"redis://default:wrong-pw@127.0.0.1:{password_server.port}/0"
+    cls: Any = State if facade == "sync" else AsyncState
+    caplog.set_level(logging.DEBUG)
+
+    async def run(method: Any, *args: Any) -> Any:
+        result = method(*args)
+        return await result if inspect.isawaitable(result) else result
+
+    state = cls.from_url(good)
+    assert "s3cret-pw" not in repr(state)
+    assert "***" in repr(state)
+    await run(state.connect)
+    await run(state.set, "k", 1)
+    assert "s3cret-pw" not in repr(state)
+    await run(state.disconnect)
+    refused = cls.from_url(bad)
+    with pytest.raises(BackendError) as caught:
+        await run(refused.connect)
+    assert "wrong-pw" not in str(caught.value)
+    assert "wrong-pw" not in repr(refused)
+    with pytest.raises(ConfigurationError) as bad_option:
+        cls.from_url(good + "?socket_timeout=soon")
+    assert "s3cret-pw" not in str(bad_option.value)
+    assert "s3cret-pw" not in caplog.text
+    assert "wrong-pw" not in caplog.text

@@ -40,7 +40,9 @@ def scrub(message: str, secrets: Sequence[str]) -> str:
 class _Base:
     """What the sync and async wrappers share: the client, ownership, error mapping."""
 
-    def __init__(self, family: RedisFamily, client: Any, *, owned: bool, secrets: Sequence[str]):
+    def __init__(
+        self, family: RedisFamily, client: Any, *, owned: bool, secrets: Sequence[str]
+    ) -> None:
         self._family = family
         self._client = client
         self._owned = owned

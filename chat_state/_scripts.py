@@ -50,7 +50,7 @@ def sha1_of(source: str) -> str:
 
 
 def _load(name: str, twin: Twin) -> Script:
-    source = files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    source = files(__package__).joinpath("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
     return Script(name, source, sha1_of(source), twin)
 
 

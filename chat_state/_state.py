@@ -6,9 +6,11 @@ operation from :mod:`chat_state.operations` through a driver.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -62,22 +64,22 @@ class _Facade(Generic[B]):
         self._keys = Keys(key_prefix)
         self._backend: B | None = None
         self._attempt: _Attempt | None = None
-        self._adopted: B | None = None
+        self._url: str | None = None
         if client is not None:
             if url is not None or driver is not None:
                 raise ConfigurationError("pass either a client or a url (and driver), not both")
-            self._url: str | None = None
-            self._adopted = factory_for_client(client, self._adopt)
-            self._factory: BackendFactory | None = None
+            adopted = factory_for_client(client, self._adopt)
+            self._opener: Callable[[], B] = lambda: adopted
             return
         if url is None:
             url = next((os.environ[v] for v in _URL_VARIABLES if os.environ.get(v)), None)
             if url is None:
                 url = "memory://"
                 self._logger.warning(_MEMORY_WARNING)
+        factory = factory_for_url(url, driver)
+        factory.validate_url(url)
         self._url = url
-        self._factory = factory_for_url(url, driver)
-        self._factory.validate_url(url)
+        self._opener = functools.partial(self._open, factory, url)
 
     @classmethod
     def from_url(
@@ -96,6 +98,12 @@ class _Facade(Generic[B]):
 
     @staticmethod
     def _adopt(factory: BackendFactory, client: object) -> B | None:
+        """Wrap an application's client (``None`` if the factory does not know it)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _open(factory: BackendFactory, url: str) -> B:
+        """Create a backend (and the client it owns) for ``url``."""
         raise NotImplementedError
 
     @property
@@ -116,7 +124,9 @@ class _Facade(Generic[B]):
     def _connected(self) -> B:
         backend = self._backend
         if backend is None:
-            raise NotConnectedError(f"{type(self).__name__} is not connected. Call connect() first.")
+            raise NotConnectedError(
+                f"{type(self).__name__} is not connected. Call connect() first."
+            )
         return backend
 
     def _describe(self) -> str:
@@ -149,6 +159,10 @@ class State(_Facade[RedisLike]):
     def _adopt(factory: BackendFactory, client: object) -> RedisLike | None:
         return factory.adopt_sync(client)
 
+    @staticmethod
+    def _open(factory: BackendFactory, url: str) -> RedisLike:
+        return factory.open_sync(url)
+
     def _run(self, operation: Operation[T]) -> T:
         return run_sync(self._connected(), operation)
 
@@ -174,7 +188,7 @@ class State(_Facade[RedisLike]):
                     raise attempt.error
                 continue
             try:
-                backend = self._adopted or self._factory.open_sync(self._url)  # type: ignore[union-attr,arg-type]
+                backend = self._opener()
                 try:
                     backend.ping()
                 except BaseException:
@@ -306,6 +320,10 @@ class AsyncState(_Facade[AsyncRedisLike]):
     def _adopt(factory: BackendFactory, client: object) -> AsyncRedisLike | None:
         return factory.adopt_async(client)
 
+    @staticmethod
+    def _open(factory: BackendFactory, url: str) -> AsyncRedisLike:
+        return factory.open_async(url)
+
     async def _run(self, operation: Operation[T]) -> T:
         return await run_async(self._connected(), operation)
 
@@ -326,7 +344,7 @@ class AsyncState(_Facade[AsyncRedisLike]):
                 continue  # succeeded, or the leader was cancelled: look again
             attempt = self._attempt = _Attempt(done=anyio.Event())
             try:
-                backend = self._adopted or self._factory.open_async(self._url)  # type: ignore[union-attr,arg-type]
+                backend = self._opener()
                 try:
                     await backend.ping()
                 except BaseException:

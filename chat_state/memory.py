@@ -27,7 +27,8 @@ from .protocols import Arg, AsyncRedisLike, NoScriptError, RedisLike
 
 __all__ = ["MemoryStore"]
 
-_Value = str | set[str] | deque[str]
+_Members = set[str]
+_Value = str | _Members | deque[str]
 _WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 
 
@@ -150,9 +151,9 @@ class MemoryStore:
             members: set[str] | None = self._typed(key, set)
             return members is not None and member in members
 
-    def smembers(self, key: str) -> set[str]:
+    def smembers(self, key: str) -> _Members:
         with self.lock:
-            members: set[str] | None = self._typed(key, set)
+            members: _Members | None = self._typed(key, set)
             return set(members or ())
 
     def rpush(self, key: str, value: str) -> int:
@@ -200,7 +201,7 @@ class MemoryStore:
             else:
                 self._drop(key)
 
-    def keys(self) -> list[str]:
+    def live_keys(self) -> list[str]:
         """Every live key (for tests and inspection)."""
         with self.lock:
             return [key for key in list(self._data) if self._live(key) is not None]

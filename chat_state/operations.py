@@ -122,7 +122,7 @@ def extend_lock(keys: Keys, lock: Any, ttl_ms: int) -> Operation[bool]:
     thread_id, token = check_lock(lock)
     ttl = check_ttl("ttl_ms", ttl_ms)
     reply = yield ScriptCall(EXTEND, (keys.lock(thread_id),), (token, ttl))
-    return reply == 1
+    return bool(reply == 1)
 
 
 def force_release_lock(keys: Keys, thread_id: str) -> Operation[None]:

@@ -75,9 +75,9 @@ class BackendFactory(Protocol):
     """What a backend distribution registers for its URL schemes.
 
     ``validate_url`` runs when an adapter is built, so a bad URL fails before any
-    connection is attempted; ``open_*`` create a client from a URL (the backend owns and later closes it);
-    ``adopt_*`` wrap a client the application passed in (never closed by us) and
-    return ``None`` for a client of another library.
+    connection is attempted; ``open_*`` create a client from a URL (the backend
+    owns and later closes it); ``adopt_*`` wrap a client the application passed
+    in (never closed by us) and return ``None`` for a client of another library.
     """
 
     def validate_url(self, url: str) -> None:

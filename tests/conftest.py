@@ -7,6 +7,7 @@ every test runs on memory and redis-server, through ``State`` and ``AsyncState``
 
 from __future__ import annotations
 
+import builtins
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -67,7 +68,7 @@ class Raw:
     def lrange(self, key: str) -> list[str]:
         return list(self._target().lrange(key, 0, -1))
 
-    def smembers(self, key: str) -> set[str]:
+    def smembers(self, key: str) -> builtins.set[str]:
         return set(self._target().smembers(key))
 
     def pttl(self, key: str) -> int:
@@ -75,7 +76,7 @@ class Raw:
 
     def keys(self, prefix: str) -> list[str]:
         if self.store is not None:
-            return sorted(k for k in self.store.keys() if k.startswith(prefix))
+            return sorted(k for k in self.store.live_keys() if k.startswith(prefix))
         return sorted(self.client.scan_iter(match=f"{prefix}*", count=1000))
 
 

@@ -26,10 +26,13 @@ class ChatSdkLikeMessage:
 # interop suite checks it against the real adapters).
 GOLDEN: list[tuple[Any, str]] = [
     ({"b": 1, "a": "é", "n": [1, 2.5, True, None]}, '{"b":1,"a":"é","n":[1,2.5,true,null]}'),
-    ("日本 \"q\" \\ /\n\t", '"日本 \\"q\\" \\\\ /\\n\\t"'),
+    ('日本 "q" \\ /\n\t', '"日本 \\"q\\" \\\\ /\\n\\t"'),
     ("\x01\x1f\x7f\u2028👋", '"\\u0001\\u001f\x7f\u2028👋"'),
     ({"nested": {"deep": [[], {}]}}, '{"nested":{"deep":[[],{}]}}'),
-    ({"msg": ChatSdkLikeMessage()}, '{"msg":{"_type":"chat:Message","id":"m1","text":"héllo","isMention":true}}'),
+    (
+        {"msg": ChatSdkLikeMessage()},
+        '{"msg":{"_type":"chat:Message","id":"m1","text":"héllo","isMention":true}}',
+    ),
     (-0.5, "-0.5"),
     (10**20, "100000000000000000000"),
     # Python keeps a float's ".0" (JSON.stringify(1.0) is "1"): both are the same JSON
@@ -76,7 +79,8 @@ async def test_values_written_by_typescript_are_read(state: Any, target: Target)
     target.raw.set(target.key("cache", "ts"), '{"count":5,"name":"Zoë","ok":true,"n":null}')
     target.raw.rpush(target.key("list", "ts"), '{"role":"user","text":"日本"}')
     target.raw.rpush(
-        target.key("queue", "ts"), '{"enqueuedAt":1700000000000,"expiresAt":1700000090000,"message":{"id":"x"}}'
+        target.key("queue", "ts"),
+        '{"enqueuedAt":1700000000000,"expiresAt":1700000090000,"message":{"id":"x"}}',
     )
     assert await state.get("ts") == {"count": 5, "name": "Zoë", "ok": True, "n": None}
     assert await state.get_list("ts") == [{"role": "user", "text": "日本"}]

@@ -126,12 +126,12 @@ async def test_two_adapters_race_for_one_lock(make_state: Any) -> None:
             thread_id = f"race-{round_number}"
             results: list[Any] = []
 
-            async def grab(adapter: Any, thread_id: str = thread_id) -> None:
+            async def grab(adapter: Any, thread_id: str, results: list[Any]) -> None:
                 results.append(await adapter.acquire_lock(thread_id, 10_000))
 
             async with anyio.create_task_group() as group:
                 for adapter in (first, second, first, second):
-                    group.start_soon(grab, adapter)
+                    group.start_soon(grab, adapter, thread_id, results)
             winners = [lock for lock in results if lock is not None]
             assert len(winners) == 1, results
     finally:
@@ -305,7 +305,9 @@ class _Message:
 async def test_queue_message_with_to_json(state: Any, target: Target) -> None:
     await state.enqueue("th", QueueEntry(1, 2, _Message("hi")), 10)
     stored = target.raw.lrange(target.key("queue", "th"))
-    assert stored == ['{"enqueuedAt":1,"expiresAt":2,"message":{"_type":"test:Message","text":"hi"}}']
+    assert stored == [
+        '{"enqueuedAt":1,"expiresAt":2,"message":{"_type":"test:Message","text":"hi"}}'
+    ]
     assert await state.dequeue("th") == QueueEntry(1, 2, {"_type": "test:Message", "text": "hi"})
 
 

@@ -38,7 +38,10 @@ def test_keys_layout() -> None:
 
 
 def test_subscription_commands() -> None:
-    assert drive(ops.subscribe(KEYS, "t"), [1]) == ([Command("sadd", ("p:subscriptions", "t"))], None)
+    assert drive(ops.subscribe(KEYS, "t"), [1]) == (
+        [Command("sadd", ("p:subscriptions", "t"))],
+        None,
+    )
     assert drive(ops.unsubscribe(KEYS, "t"), [0])[0] == [Command("srem", ("p:subscriptions", "t"))]
     assert drive(ops.is_subscribed(KEYS, "t"), [1])[1] is True
     assert drive(ops.is_subscribed(KEYS, "t"), [False])[1] is False
@@ -74,7 +77,9 @@ def test_expires_at_is_read_before_the_command_is_sent(monkeypatch: pytest.Monke
 
 def test_release_and_extend_are_scripts() -> None:
     lock = Lock("t", "tok", 0)
-    assert drive(ops.release_lock(KEYS, lock), [1])[0] == [ScriptCall(RELEASE, ("p:lock:t",), ("tok",))]
+    assert drive(ops.release_lock(KEYS, lock), [1])[0] == [
+        ScriptCall(RELEASE, ("p:lock:t",), ("tok",))
+    ]
     calls, extended = drive(ops.extend_lock(KEYS, lock, 700), [1])
     assert calls == [ScriptCall(EXTEND, ("p:lock:t",), ("tok", 700))]
     assert extended is True
@@ -89,7 +94,9 @@ def test_cache_commands() -> None:
     assert drive(ops.set(KEYS, "k", {"é": [1.5]}), [True])[0] == [
         Command("set", ("p:cache:k", '{"é":[1.5]}', None, False))
     ]
-    assert drive(ops.set(KEYS, "k", 1, 10), [True])[0] == [Command("set", ("p:cache:k", "1", 10, False))]
+    assert drive(ops.set(KEYS, "k", 1, 10), [True])[0] == [
+        Command("set", ("p:cache:k", "1", 10, False))
+    ]
     calls, written = drive(ops.set_if_not_exists(KEYS, "k", True, 60_000), [None])
     assert calls == [Command("set", ("p:cache:k", "true", 60_000, True))]
     assert written is False
@@ -112,7 +119,9 @@ def test_queue_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     calls, depth = drive(ops.enqueue(KEYS, "t", QueueEntry(9_000, 200_000, {"m": 1}), 3), [2])
     assert calls == [
         ScriptCall(
-            PUSH, ("p:queue:t",), ('{"enqueuedAt":9000,"expiresAt":200000,"message":{"m":1}}', 3, 190_000)
+            PUSH,
+            ("p:queue:t",),
+            ('{"enqueuedAt":9000,"expiresAt":200000,"message":{"m":1}}', 3, 190_000),
         )
     ]
     assert depth == 2

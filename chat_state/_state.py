@@ -132,6 +132,11 @@ class _Facade(Generic[B]):
     def _describe(self) -> str:
         return redact_url(self._url) if self._url else "the given client"
 
+    def _connect_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, Exception):
+            # Our errors never carry a password; the URL is redacted.
+            self._logger.warning("chat-state could not connect to %s: %s", self._describe(), exc)
+
 
 class State(_Facade[RedisLike]):
     """Chat-bot state for blocking code (scripts, Flask, Django, worker threads).
@@ -198,6 +203,7 @@ class State(_Facade[RedisLike]):
                 self._logger.debug("chat-state connected to %s", self._describe())
             except BaseException as exc:
                 attempt.error = exc
+                self._connect_failed(exc)
                 raise
             finally:
                 with self._guard:
@@ -355,6 +361,7 @@ class AsyncState(_Facade[AsyncRedisLike]):
                 self._logger.debug("chat-state connected to %s", self._describe())
             except BaseException as exc:
                 attempt.error = exc
+                self._connect_failed(exc)
                 raise
             finally:
                 self._attempt = None

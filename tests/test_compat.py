@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 import redis
+from chat_sdk.types import Author, Message, MessageMetadata
 
 from chat_state import Lock, MemoryStore, QueueEntry
 from chat_state._scripts import EXTEND, PUSH, RELEASE, SCRIPTS, Script
@@ -172,3 +174,26 @@ def test_python_twin_matches_lua(
     finally:
         server.delete(key)
         server.close()
+
+
+async def test_chat_sdk_messages_come_back_as_messages(state: Any, target: Target) -> None:
+    message = Message(
+        id="m1",
+        thread_id="slack:C1:1.2",
+        text="héllo",
+        formatted={"type": "root", "children": []},
+        raw={"ts": "1.2"},
+        author=Author(user_id="U1", user_name="zoe", full_name="Zoë", is_bot=False, is_me=False),
+        metadata=MessageMetadata(
+            date_sent=datetime(2026, 11, 25, tzinfo=timezone.utc), edited=False
+        ),
+    )
+    await state.enqueue("slack:C1:1.2", QueueEntry(1, 2, message), 10)
+    [stored] = target.raw.lrange(target.key("queue", "slack:C1:1.2"))
+    assert stored.startswith('{"enqueuedAt":1,"expiresAt":2,"message":{')
+    assert '"_type":"chat:Message"' in stored
+    assert '"threadId":"slack:C1:1.2"' in stored  # the TypeScript (camelCase) shape
+    dequeued = await state.dequeue("slack:C1:1.2")
+    assert isinstance(dequeued.message, Message)
+    assert dequeued.message.text == "héllo"
+    assert dequeued.message.author.full_name == "Zoë"

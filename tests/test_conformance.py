@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import anyio
 import pytest
 
 from chat_state import (
+    BackendError,
     Lock,
     NotConnectedError,
     QueueEntry,
     SerializationError,
+    State,
 )
 from chat_state.operations import now_ms
 
@@ -402,3 +405,35 @@ async def test_bad_input_raises_and_writes_nothing(
     with pytest.raises(error, match=names):
         await getattr(state, method)(*args, **kwargs)
     assert target.raw.keys(target.prefix) == []
+
+
+async def test_server_errors_are_backend_errors(state: Any, target: Target) -> None:
+    target.raw.set(target.key("queue", "th"), "a string, not a list")
+    with pytest.raises(BackendError, match="WRONGTYPE"):
+        await state.enqueue("th", entry(1), 10)
+    with pytest.raises(BackendError, match="WRONGTYPE"):
+        await state.queue_depth("th")
+    assert target.raw.get(target.key("queue", "th")) == "a string, not a list"
+
+
+def test_threads_race_for_one_lock_through_one_state(target: Target) -> None:
+    state = State.from_url(target.url, key_prefix=target.prefix)
+    state.connect()
+    barrier = threading.Barrier(8)
+    results: list[Lock | None] = []
+
+    def grab(thread_id: str) -> None:
+        barrier.wait()
+        results.append(state.acquire_lock(thread_id, 10_000))
+
+    try:
+        for round_number in range(10):
+            workers = [threading.Thread(target=grab, args=(f"r{round_number}",)) for _ in range(8)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(timeout=30)
+            assert sum(lock is not None for lock in results) == 1
+            results.clear()
+    finally:
+        state.disconnect()

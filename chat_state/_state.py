@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -30,6 +30,7 @@ __all__ = ["AsyncState", "State"]
 T = TypeVar("T")
 B = TypeVar("B", RedisLike, AsyncRedisLike)
 S = TypeVar("S", bound="_Facade[Any]")
+E = TypeVar("E", threading.Event, anyio.Event)
 
 _URL_VARIABLES = ("CHAT_STATE_URL", "REDIS_URL")
 _MEMORY_WARNING = (
@@ -39,11 +40,11 @@ _MEMORY_WARNING = (
 
 
 @dataclass
-class _Attempt:
+class _Attempt(Generic[E]):
     """One connection attempt that concurrent callers of ``connect()`` share."""
 
+    done: E
     error: BaseException | None = None
-    done: Any = field(default=None)
 
 
 class _Facade(Generic[B]):
@@ -63,7 +64,7 @@ class _Facade(Generic[B]):
         self._logger = logger if logger is not None else logging.getLogger("chat_state")
         self._keys = Keys(key_prefix)
         self._backend: B | None = None
-        self._attempt: _Attempt | None = None
+        self._guard = threading.Lock()  # State's connection slot, shared between threads
         self._url: str | None = None
         if client is not None:
             if url is not None or driver is not None:
@@ -148,18 +149,6 @@ class State(_Facade[RedisLike]):
     ``with State.from_url(url) as state:`` connects on entry and disconnects on exit.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        client: object = None,
-        key_prefix: str = DEFAULT_PREFIX,
-        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
-        driver: str | None = None,
-    ) -> None:
-        self._guard = threading.Lock()
-        super().__init__(url, client=client, key_prefix=key_prefix, logger=logger, driver=driver)
-
     @staticmethod
     def _adopt(factory: BackendFactory, client: object) -> RedisLike | None:
         return factory.adopt_sync(client)
@@ -167,6 +156,8 @@ class State(_Facade[RedisLike]):
     @staticmethod
     def _open(factory: BackendFactory, url: str) -> RedisLike:
         return factory.open_sync(url)
+
+    _attempt: _Attempt[threading.Event] | None = None
 
     def _run(self, operation: Operation[T]) -> T:
         return run_sync(self._connected(), operation)
@@ -186,7 +177,7 @@ class State(_Facade[RedisLike]):
                 attempt = self._attempt
                 leading = attempt is None
                 if attempt is None:
-                    attempt = self._attempt = _Attempt(done=threading.Event())
+                    attempt = self._attempt = _Attempt(threading.Event())
             if not leading:
                 attempt.done.wait()
                 if isinstance(attempt.error, Exception):
@@ -330,6 +321,8 @@ class AsyncState(_Facade[AsyncRedisLike]):
     def _open(factory: BackendFactory, url: str) -> AsyncRedisLike:
         return factory.open_async(url)
 
+    _attempt: _Attempt[anyio.Event] | None = None
+
     async def _run(self, operation: Operation[T]) -> T:
         return await run_async(self._connected(), operation)
 
@@ -348,7 +341,7 @@ class AsyncState(_Facade[AsyncRedisLike]):
                 if isinstance(attempt.error, Exception):
                     raise attempt.error
                 continue  # succeeded, or the leader was cancelled: look again
-            attempt = self._attempt = _Attempt(done=anyio.Event())
+            attempt = self._attempt = _Attempt(anyio.Event())
             try:
                 backend = self._opener()
                 try:

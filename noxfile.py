@@ -6,10 +6,14 @@ a session runs exactly what CI runs.
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.default_venv_backend = "uv"
 nox.options.sessions = ["tests", "lint", "typecheck"]
+# Locally a Python that is not installed is skipped (and said so); in CI it fails.
+nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 
 
 def _sync(session: nox.Session) -> None:

@@ -424,3 +424,13 @@ async def test_passwords_never_leak(
     assert "s3cret-pw" not in str(bad_option.value)
     assert "s3cret-pw" not in caplog.text
     assert "wrong-pw" not in caplog.text
+
+
+def test_unix_socket_urls(tmp_path: Any) -> None:
+    socket_path = tmp_path / "redis.sock"
+    with RedisServer(["--unixsocket", str(socket_path), "--unixsocketperm", "700"]):
+        with State.from_url(f"unix://{socket_path}?db=2", key_prefix="unix") as state:
+            state.set("k", {"over": "a unix socket"})
+            assert state.get("k") == {"over": "a unix socket"}
+        with redis.Redis(unix_socket_path=str(socket_path), db=2, decode_responses=True) as raw:
+            assert raw.get("unix:cache:k") == '{"over":"a unix socket"}'

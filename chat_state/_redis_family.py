@@ -1,28 +1,36 @@
 """The backend for redis-py and its fork valkey-py, written once.
 
-:class:`RedisFamily` is parameterised by the client module (``redis`` or
-``valkey``) and the names of its classes; ``chat_state_redis`` binds it to
-redis-py. It normalises replies (``bytes`` → ``str``, RESP2/RESP3 booleans and
-integers) and maps the library's exceptions to ours, with passwords scrubbed from
-every message.
+:class:`RedisFamily` is parameterised by the client package (``redis`` or
+``valkey``) and the names of its classes; ``chat_state_redis`` and
+``chat_state_valkey`` bind it. It builds standalone, unix-socket, Cluster and
+Sentinel clients (sync and asyncio) from a :class:`~chat_state._urls.RedisURL`,
+recognises such clients when the application passes one, normalises replies
+(``bytes`` → ``str``, RESP2/RESP3 booleans and integers) and maps the library's
+exceptions to ours, with passwords scrubbed from every message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import importlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
+from ._urls import RedisURL, parse_redis_url
 from .errors import BackendError, ConfigurationError
 from .protocols import Arg, AsyncRedisLike, NoScriptError, RedisLike
 
-__all__ = ["RedisFamily"]
+__all__ = ["RedisFamily", "glob_escape", "scrub"]
 
 T = TypeVar("T")
 
-#: Bounded waits by default; a URL's own ``socket_timeout=`` / ``socket_connect_timeout=`` win.
-DEFAULT_TIMEOUTS = {"socket_connect_timeout": 5.0, "socket_timeout": 10.0}
+#: Retries of a command whose connection failed, with a short bounded backoff, so an
+#: operation during a failover fails fast (BackendError) instead of hanging. Timeouts
+#: are not retried: the server may have run the command.
+RETRIES = 3
+BACKOFF_CAP_S = 0.25
+BACKOFF_BASE_S = 0.025
+SCAN_COUNT = 1000
 
 
 def _text(reply: Any) -> Any:
@@ -37,16 +45,29 @@ def scrub(message: str, secrets: Sequence[str]) -> str:
     return message
 
 
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a SCAN MATCH pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
 class _Base:
     """What the sync and async wrappers share: the client, ownership, error mapping."""
 
     def __init__(
-        self, family: RedisFamily, client: Any, *, owned: bool, secrets: Sequence[str]
+        self,
+        family: RedisFamily,
+        client: Any,
+        *,
+        owned: Sequence[Any],
+        secrets: Sequence[str],
     ) -> None:
         self._family = family
         self._client = client
-        self._owned = owned
+        self._owned = tuple(owned)  # clients we created and must close (none if adopted)
         self._secrets = tuple(secrets)
+        self._scan_kwargs: dict[str, Any] = {"count": SCAN_COUNT}
+        if isinstance(client, family.cluster_types):
+            self._scan_kwargs["target_nodes"] = client.PRIMARIES
 
     @property
     def client(self) -> Any:
@@ -104,9 +125,14 @@ class SyncRedisBackend(_Base):
     def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         return _text(self._call(self._client.eval, source, len(keys), *keys, *args))
 
+    def scan_prefix(self, prefix: str) -> Iterator[str]:
+        keys = self._client.scan_iter(match=glob_escape(prefix) + "*", **self._scan_kwargs)
+        while (key := self._call(next, keys, None)) is not None:
+            yield _text(key)
+
     def close(self) -> None:
-        if self._owned:
-            self._call(self._client.close)
+        for client in self._owned:
+            self._call(client.close)
 
 
 class AsyncRedisBackend(_Base):
@@ -154,80 +180,147 @@ class AsyncRedisBackend(_Base):
     async def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         return _text(await self._call(self._client.eval, source, len(keys), *keys, *args))
 
+    async def scan_prefix(self, prefix: str) -> AsyncIterator[str]:
+        keys = self._client.scan_iter(match=glob_escape(prefix) + "*", **self._scan_kwargs)
+        while (key := await self._call(anext_or_none, keys)) is not None:
+            yield _text(key)
+
     async def aclose(self) -> None:
-        if self._owned:
-            await self._call(self._client.aclose)
+        for client in self._owned:
+            await self._call(client.aclose)
+
+
+async def anext_or_none(iterator: AsyncIterator[T]) -> T | None:
+    """The next item, or ``None`` at the end (``anext`` with a default, on Python 3.10)."""
+    try:
+        return await iterator.__anext__()
+    except StopAsyncIteration:
+        return None
 
 
 class RedisFamily:
     """A :class:`~chat_state.protocols.BackendFactory` for redis-py or valkey-py.
 
     Args:
-        module: The client package (``redis`` or ``valkey``), already imported.
+        package: The client package's name (``"redis"`` or ``"valkey"``).
         client_class: Its standalone client's name (``"Redis"`` / ``"Valkey"``),
             found both in the package and in its ``asyncio`` subpackage.
+        cluster_class: Its cluster client's name (``"RedisCluster"`` / ``"ValkeyCluster"``),
+            in ``<package>.cluster`` and ``<package>.asyncio.cluster``.
         base_error: Its base exception's name (``"RedisError"`` / ``"ValkeyError"``).
     """
 
-    def __init__(self, module: ModuleType, *, client_class: str, base_error: str) -> None:
-        self.name = module.__name__
-        self.sync_client: type[Any] = getattr(module, client_class)
-        self.async_client: type[Any] = getattr(module.asyncio, client_class)
-        self.base_error: type[Exception] = getattr(module.exceptions, base_error)
-        self.noscript_error: type[Exception] = module.exceptions.NoScriptError
-        self._parse_url: Callable[[str], dict[str, Any]] = module.connection.parse_url
+    def __init__(
+        self, package: str, *, client_class: str, cluster_class: str, base_error: str
+    ) -> None:
+        def load(name: str) -> ModuleType:
+            return importlib.import_module(f"{package}.{name}" if name else package)
+
+        sync, asyncio = load(""), load("asyncio")
+        sync_cluster, async_cluster = load("cluster"), load("asyncio.cluster")
+        self.name = package
+        self.sync_client: type[Any] = getattr(sync, client_class)
+        self.async_client: type[Any] = getattr(asyncio, client_class)
+        self.sync_cluster: type[Any] = getattr(sync_cluster, cluster_class)
+        self.async_cluster: type[Any] = getattr(async_cluster, cluster_class)
+        self.cluster_types = (self.sync_cluster, self.async_cluster)
+        self._sync_node: type[Any] = sync_cluster.ClusterNode
+        self._async_node: type[Any] = async_cluster.ClusterNode
+        self._sync_sentinel: type[Any] = load("sentinel").Sentinel
+        self._async_sentinel: type[Any] = load("asyncio.sentinel").Sentinel
+        self._sync_retry: Callable[..., Any] = load("retry").Retry
+        self._async_retry: Callable[..., Any] = load("asyncio.retry").Retry
+        self._backoff: Callable[..., Any] = load("backoff").ExponentialBackoff
+        exceptions = load("exceptions")
+        self.base_error: type[Exception] = getattr(exceptions, base_error)
+        self.noscript_error: type[Exception] = exceptions.NoScriptError
+        self._connection_error: type[Exception] = exceptions.ConnectionError
 
     def __repr__(self) -> str:
         return f"<RedisFamily {self.name}>"
 
-    @staticmethod
-    def _url_secrets(url: str) -> list[str]:
-        password = urlsplit(url).password
-        return [password, unquote(password)] if password else []
+    # -- building clients -----------------------------------------------------------
+
+    def validate_url(self, url: str) -> None:
+        parse_redis_url(url)
+
+    def _retry(self, retry_class: Callable[..., Any]) -> Any:
+        backoff = self._backoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
+        return retry_class(backoff, RETRIES, supported_errors=(self._connection_error,))
+
+    def _build(self, url: RedisURL, *, asynchronous: bool) -> tuple[Any, list[Any]]:
+        """The client for ``url`` and every client to close with it."""
+        kwargs = url.connection_kwargs()
+        retry = self._retry(self._async_retry if asynchronous else self._sync_retry)
+        if url.topology == "cluster":
+            cluster = self.async_cluster if asynchronous else self.sync_cluster
+            node = self._async_node if asynchronous else self._sync_node
+            nodes = [node(host, port) for host, port in url.hosts]
+            client = cluster(startup_nodes=nodes, retry=retry, **kwargs)
+            return client, [client]
+        if url.topology == "sentinel":
+            sentinel_class = self._async_sentinel if asynchronous else self._sync_sentinel
+            sentinel = sentinel_class(
+                list(url.hosts), sentinel_kwargs=url.sentinel_kwargs(), retry=retry, **kwargs
+            )
+            master = sentinel.master_for(url.service, db=url.db)
+            return master, [master, *sentinel.sentinels]
+        client_class = self.async_client if asynchronous else self.sync_client
+        if url.topology == "unix":
+            client = client_class(unix_socket_path=url.path, db=url.db, retry=retry, **kwargs)
+        else:
+            host, port = url.hosts[0]
+            client = client_class(host=host, port=port, db=url.db, retry=retry, **kwargs)
+        return client, [client]
+
+    def _open(self, url_text: str, *, asynchronous: bool) -> tuple[Any, list[Any], list[str]]:
+        url = parse_redis_url(url_text)
+        try:
+            client, owned = self._build(url, asynchronous=asynchronous)
+        except (TypeError, ValueError, self.base_error) as exc:
+            detail = scrub(str(exc), url.secrets)
+            raise ConfigurationError(f"cannot build a {self.name} client: {detail}") from None
+        return client, owned, url.secrets
+
+    def open_sync(self, url: str) -> RedisLike:
+        client, owned, secrets = self._open(url, asynchronous=False)
+        return SyncRedisBackend(self, client, owned=owned, secrets=secrets)
+
+    def open_async(self, url: str) -> AsyncRedisLike:
+        client, owned, secrets = self._open(url, asynchronous=True)
+        return AsyncRedisBackend(self, client, owned=owned, secrets=secrets)
+
+    # -- adopting the application's clients -----------------------------------------------
 
     @staticmethod
     def _client_secrets(client: Any) -> list[str]:
-        pool = getattr(client, "connection_pool", None)
-        password = getattr(pool, "connection_kwargs", {}).get("password")
-        return [password] if isinstance(password, str) else []
-
-    def validate_url(self, url: str) -> None:
-        try:
-            self._parse_url(url)
-        except (ValueError, TypeError) as exc:
-            detail = scrub(str(exc), self._url_secrets(url))
-            raise ConfigurationError(f"bad {self.name} URL: {detail}") from None
-
-    def _from_url(self, client_class: type[Any], url: str) -> tuple[Any, list[str]]:
-        self.validate_url(url)
-        client = client_class.from_url(url, decode_responses=True, **DEFAULT_TIMEOUTS)
-        return client, self._url_secrets(url)
-
-    def open_sync(self, url: str) -> RedisLike:
-        client, secrets = self._from_url(self.sync_client, url)
-        return SyncRedisBackend(self, client, owned=True, secrets=secrets)
-
-    def open_async(self, url: str) -> AsyncRedisLike:
-        client, secrets = self._from_url(self.async_client, url)
-        return AsyncRedisBackend(self, client, owned=True, secrets=secrets)
+        holders = (
+            getattr(getattr(client, "connection_pool", None), "connection_kwargs", None),
+            getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None),
+            getattr(client, "connection_kwargs", None),
+        )
+        return [
+            holder["password"]
+            for holder in holders
+            if isinstance(holder, dict) and isinstance(holder.get("password"), str)
+        ]
 
     def adopt_sync(self, client: object) -> RedisLike | None:
-        if isinstance(client, self.async_client):
+        if isinstance(client, (self.async_client, self.async_cluster)):
             raise ConfigurationError(
                 f"{type(client).__name__} is an asyncio client: use it with AsyncState, "
-                f"or pass a {self.sync_client.__module__}.{self.sync_client.__name__} to State"
+                f"or pass a blocking {self.name} client to State"
             )
-        if not isinstance(client, self.sync_client):
+        if not isinstance(client, (self.sync_client, self.sync_cluster)):
             return None
-        return SyncRedisBackend(self, client, owned=False, secrets=self._client_secrets(client))
+        return SyncRedisBackend(self, client, owned=(), secrets=self._client_secrets(client))
 
     def adopt_async(self, client: object) -> AsyncRedisLike | None:
-        if isinstance(client, self.sync_client):
+        if isinstance(client, (self.sync_client, self.sync_cluster)):
             raise ConfigurationError(
                 f"{type(client).__name__} is a blocking client: use it with State, "
-                f"or pass a {self.async_client.__module__}.{self.async_client.__name__} "
-                "to AsyncState"
+                f"or pass an asyncio {self.name} client to AsyncState"
             )
-        if not isinstance(client, self.async_client):
+        if not isinstance(client, (self.async_client, self.async_cluster)):
             return None
-        return AsyncRedisBackend(self, client, owned=False, secrets=self._client_secrets(client))
+        return AsyncRedisBackend(self, client, owned=(), secrets=self._client_secrets(client))

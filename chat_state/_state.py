@@ -10,7 +10,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -225,6 +225,14 @@ class State(_Facade[RedisLike]):
         """The underlying client (a redis-py client, a :class:`MemoryStore`, ...)."""
         return self._connected().client
 
+    def iter_keys(self) -> Iterator[str]:
+        """Every key of this state (``{prefix}:…``), found with SCAN on every primary.
+
+        Never KEYS, which blocks the server. As with SCAN, keys written or deleted
+        while it runs may or may not be seen.
+        """
+        return self._connected().scan_prefix(self._keys.all)
+
     # -- subscriptions ------------------------------------------------------------
 
     def subscribe(self, thread_id: str) -> None:
@@ -382,6 +390,15 @@ class AsyncState(_Facade[AsyncRedisLike]):
     def get_client(self) -> Any:
         """The underlying client (a redis-py asyncio client, a :class:`MemoryStore`, ...)."""
         return self._connected().client
+
+    def iter_keys(self) -> AsyncIterator[str]:
+        """Every key of this state (``{prefix}:…``), found with SCAN on every primary.
+
+        Use ``async for key in state.iter_keys()``. Never KEYS, which blocks the
+        server. As with SCAN, keys written or deleted while it runs may or may not
+        be seen.
+        """
+        return self._connected().scan_prefix(self._keys.all)
 
     # -- subscriptions ------------------------------------------------------------
 

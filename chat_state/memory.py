@@ -17,7 +17,7 @@ import heapq
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -201,10 +201,14 @@ class MemoryStore:
             else:
                 self._drop(key)
 
-    def live_keys(self) -> list[str]:
-        """Every live key (for tests and inspection)."""
+    def live_keys(self, prefix: str = "") -> list[str]:
+        """Every live key (starting with ``prefix``)."""
         with self.lock:
-            return [key for key in list(self._data) if self._live(key) is not None]
+            return [
+                key
+                for key in list(self._data)
+                if key.startswith(prefix) and self._live(key) is not None
+            ]
 
     def flush(self) -> None:
         """Remove every key."""
@@ -248,6 +252,9 @@ class MemoryBackend:
 
     def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         return self.store.run_script(sha1_of(source), keys, args)
+
+    def scan_prefix(self, prefix: str) -> Iterator[str]:
+        return iter(self.store.live_keys(prefix))
 
     def close(self) -> None:
         return None
@@ -302,6 +309,10 @@ class AsyncMemoryBackend:
 
     async def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         return self._sync.eval(source, keys, args)
+
+    async def scan_prefix(self, prefix: str) -> AsyncIterator[str]:
+        for key in self._sync.store.live_keys(prefix):
+            yield key
 
     async def aclose(self) -> None:
         return None

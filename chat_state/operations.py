@@ -55,12 +55,13 @@ Operation = Generator[Call, Any, T]
 class Keys:
     """The key layout shared with the TypeScript adapters."""
 
-    __slots__ = ("_cache", "_list", "_lock", "_queue", "prefix", "subscriptions")
+    __slots__ = ("_cache", "_list", "_lock", "_queue", "all", "prefix", "subscriptions")
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         # An empty prefix falls back to the default, as in TypeScript, so that no
         # key ever starts with ":" and both languages agree on the key names.
         self.prefix = prefix or DEFAULT_PREFIX
+        self.all = f"{self.prefix}:"  # what every key of this state starts with
         self.subscriptions = f"{self.prefix}:subscriptions"
         self._lock = f"{self.prefix}:lock:"
         self._cache = f"{self.prefix}:cache:"

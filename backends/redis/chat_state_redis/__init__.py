@@ -1,18 +1,22 @@
-"""The redis-py backend of chat-state: ``redis://``, ``rediss://`` and ``unix://``.
+"""The redis-py backend of chat-state.
 
-Importing this module imports redis-py; chat-state loads it only when a URL of
-one of these schemes, or a redis-py client, is used. Install it with
-``pip install "chat-state[redis]"``.
+Serves ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``,
+``redis+sentinel://`` and their TLS forms (and the ``valkey…`` schemes when
+valkey-py is not installed, or with ``driver="redis"``), and recognises
+``redis.Redis``, ``redis.cluster.RedisCluster``, clients from
+``redis.sentinel.Sentinel.master_for`` and their asyncio twins.
+
+Importing this module imports redis-py; chat-state loads it only when needed.
+Install it with ``pip install "chat-state[redis]"``.
 """
 
 from __future__ import annotations
-
-import redis
-import redis.asyncio
 
 from chat_state._redis_family import RedisFamily
 
 __all__ = ["BACKEND"]
 
 #: The :class:`~chat_state.protocols.BackendFactory` for redis-py clients.
-BACKEND = RedisFamily(redis, client_class="Redis", base_error="RedisError")
+BACKEND = RedisFamily(
+    "redis", client_class="Redis", cluster_class="RedisCluster", base_error="RedisError"
+)

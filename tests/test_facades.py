@@ -12,6 +12,16 @@ import anyio
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.sentinel
+import valkey
+import valkey.asyncio
+import valkey.asyncio.cluster
+import valkey.asyncio.sentinel
+import valkey.cluster
+import valkey.sentinel
 from chat_sdk.types import StateAdapter
 
 from chat_state import (
@@ -21,10 +31,12 @@ from chat_state import (
     ConfigurationError,
     MemoryStore,
     NotConnectedError,
+    QueueEntry,
     SerializationError,
     State,
 )
 from chat_state import registry as registry_module
+from chat_state._urls import parse_redis_url
 from chat_state.memory import BACKEND as MEMORY_BACKEND
 from chat_state.memory import store_for_url
 
@@ -462,3 +474,82 @@ def test_unix_socket_urls(tmp_path: Any) -> None:
             assert state.get("k") == {"over": "a unix socket"}
         with redis.Redis(unix_socket_path=str(socket_path), db=2, decode_responses=True) as raw:
             assert raw.get("unix:cache:k") == '{"over":"a unix socket"}'
+
+
+def _hosts(url: str) -> list[tuple[str, int]]:
+    return list(parse_redis_url(url).hosts)
+
+
+def _sync_client(library: Any, kind: str, url: str) -> tuple[Any, list[Any]]:
+    """A client of ``library`` for the topology, and the clients to close with it."""
+    if kind == "cluster":
+        nodes = [library.cluster.ClusterNode(h, p) for h, p in _hosts(url)]
+        client = getattr(library.cluster, CLUSTER_CLASS[library.__name__])(startup_nodes=nodes)
+        return client, [client]
+    if kind == "sentinel":
+        sentinel = library.sentinel.Sentinel(_hosts(url))
+        client = sentinel.master_for("mymaster")
+        return client, [client, *sentinel.sentinels]
+    client = getattr(library, CLIENT_CLASS[library.__name__]).from_url(url)
+    return client, [client]
+
+
+def _async_client(library: Any, kind: str, url: str) -> tuple[Any, list[Any]]:
+    if kind == "cluster":
+        nodes = [library.asyncio.cluster.ClusterNode(h, p) for h, p in _hosts(url)]
+        cluster = getattr(library.asyncio.cluster, CLUSTER_CLASS[library.__name__])
+        client = cluster(startup_nodes=nodes)
+        return client, [client]
+    if kind == "sentinel":
+        sentinel = library.asyncio.sentinel.Sentinel(_hosts(url))
+        client = sentinel.master_for("mymaster")
+        return client, [client, *sentinel.sentinels]
+    client = getattr(library.asyncio, CLIENT_CLASS[library.__name__]).from_url(url)
+    return client, [client]
+
+
+CLIENT_CLASS = {"redis": "Redis", "valkey": "Valkey"}
+CLUSTER_CLASS = {"redis": "RedisCluster", "valkey": "ValkeyCluster"}
+ADOPTED = [(lib, kind) for lib in (redis, valkey) for kind in ("standalone", "cluster", "sentinel")]
+
+
+@pytest.mark.parametrize(
+    ("library", "kind"), ADOPTED, ids=[f"{lib.__name__}-{kind}" for lib, kind in ADOPTED]
+)
+@pytest.mark.anyio
+async def test_existing_clients_of_every_kind_are_used(
+    servers: Any, library: Any, kind: str
+) -> None:
+    url = servers.url("redis-server", kind)
+    mine, to_close = _sync_client(library, kind, url)
+    with State(client=mine, key_prefix=f"adopt-{kind}") as state:
+        assert state.get_client() is mine
+        lock = state.acquire_lock("t", 5_000)
+        assert lock is not None
+        assert state.extend_lock(lock, 5_000) is True  # a script through the given client
+        state.release_lock(lock)
+        state.set("k", {"bytes": "normalised"})
+        assert state.get("k") == {"bytes": "normalised"}
+        assert list(state.iter_keys()) == [f"adopt-{kind}:cache:k"]
+        state.delete("k")
+    assert mine.ping() is True  # not closed by disconnect()
+    for client in to_close:
+        client.close()
+    mine_async, to_aclose = _async_client(library, kind, url)
+    async with AsyncState(client=mine_async, key_prefix=f"adopt-a-{kind}") as async_state:
+        assert async_state.get_client() is mine_async
+        lock = await async_state.acquire_lock("t", 5_000)
+        assert lock is not None
+        assert await async_state.extend_lock(lock, 5_000) is True
+        await async_state.release_lock(lock)
+        await async_state.enqueue("t", QueueEntry(1, 2, "m"), 5)
+        assert [key async for key in async_state.iter_keys()] == [f"adopt-a-{kind}:queue:t"]
+        assert await async_state.dequeue("t") == QueueEntry(1, 2, "m")
+    assert await mine_async.ping() is True
+    for client in to_aclose:
+        await client.aclose()
+    wrong_kind, to_aclose = _async_client(library, kind, url)
+    with pytest.raises(ConfigurationError, match="use it with AsyncState"):
+        State(client=wrong_kind)
+    for client in to_aclose:
+        await client.aclose()

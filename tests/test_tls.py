@@ -94,7 +94,7 @@ async def test_tls_with_a_client_certificate(tls_server: TLSServer, facade: str)
 @pytest.mark.parametrize("facade", ["sync", "async"])
 async def test_a_wrong_ca_is_refused(tls_server: TLSServer, facade: str) -> None:
     url = tls_server.url(ssl_ca_certs=str(tls_server.other_ca))
-    with pytest.raises(BackendError, match="(?i)certificate verify failed") as caught:
+    with pytest.raises(BackendError, match=r"(?i)certificate verify failed") as caught:
         await roundtrip(url, facade)
     assert "tls-pw" not in str(caught.value)
 
@@ -103,7 +103,7 @@ async def test_a_wrong_ca_is_refused(tls_server: TLSServer, facade: str) -> None
 async def test_the_system_trust_store_does_not_know_a_private_ca(
     tls_server: TLSServer, facade: str
 ) -> None:
-    with pytest.raises(BackendError, match="(?i)certificate verify failed"):
+    with pytest.raises(BackendError, match=r"(?i)certificate verify failed"):
         await roundtrip(tls_server.url(), facade)
 
 

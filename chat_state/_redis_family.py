@@ -76,8 +76,7 @@ class _Base:
     def _error(self, exc: Exception) -> Exception:
         if isinstance(exc, self._family.noscript_error):
             return NoScriptError(str(exc))
-        detail = scrub(f"{type(exc).__name__}: {exc}", self._secrets)
-        return BackendError(f"{self._family.name} command failed: {detail}")
+        return self._family.backend_error(exc, self._secrets)
 
 
 class SyncRedisBackend(_Base):
@@ -86,7 +85,7 @@ class SyncRedisBackend(_Base):
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
-        except self._family.base_error as exc:
+        except self._family.errors as exc:
             raise self._error(exc) from exc
 
     def ping(self) -> None:
@@ -141,7 +140,7 @@ class AsyncRedisBackend(_Base):
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         try:
             return await fn(*args, **kwargs)
-        except self._family.base_error as exc:
+        except self._family.errors as exc:
             raise self._error(exc) from exc
 
     async def ping(self) -> None:
@@ -208,10 +207,18 @@ class RedisFamily:
         cluster_class: Its cluster client's name (``"RedisCluster"`` / ``"ValkeyCluster"``),
             in ``<package>.cluster`` and ``<package>.asyncio.cluster``.
         base_error: Its base exception's name (``"RedisError"`` / ``"ValkeyError"``).
+        cluster_error: The cluster clients' own base exception, which does not derive
+            from ``base_error`` (``"RedisClusterException"`` / ``"ValkeyClusterException"``).
     """
 
     def __init__(
-        self, package: str, *, client_class: str, cluster_class: str, base_error: str
+        self,
+        package: str,
+        *,
+        client_class: str,
+        cluster_class: str,
+        base_error: str,
+        cluster_error: str,
     ) -> None:
         def load(name: str) -> ModuleType:
             return importlib.import_module(f"{package}.{name}" if name else package)
@@ -232,12 +239,21 @@ class RedisFamily:
         self._async_retry: Callable[..., Any] = load("asyncio.retry").Retry
         self._backoff: Callable[..., Any] = load("backoff").ExponentialBackoff
         exceptions = load("exceptions")
-        self.base_error: type[Exception] = getattr(exceptions, base_error)
+        #: Every exception of the library that a command can raise.
+        self.errors: tuple[type[Exception], ...] = (
+            getattr(exceptions, base_error),
+            getattr(exceptions, cluster_error),
+        )
         self.noscript_error: type[Exception] = exceptions.NoScriptError
         self._connection_error: type[Exception] = exceptions.ConnectionError
 
     def __repr__(self) -> str:
         return f"<RedisFamily {self.name}>"
+
+    def backend_error(self, exc: Exception, secrets: Sequence[str]) -> BackendError:
+        """Our error for the library's ``exc``, with every secret scrubbed."""
+        detail = scrub(f"{type(exc).__name__}: {exc}", secrets)
+        return BackendError(f"{self.name} command failed: {detail}")
 
     # -- building clients -----------------------------------------------------------
 
@@ -276,8 +292,11 @@ class RedisFamily:
     def _open(self, url_text: str, *, asynchronous: bool) -> tuple[Any, list[Any], list[str]]:
         url = parse_redis_url(url_text)
         try:
+            # A blocking cluster client connects (and can fail) as it is built.
             client, owned = self._build(url, asynchronous=asynchronous)
-        except (TypeError, ValueError, self.base_error) as exc:
+        except self.errors as exc:
+            raise self.backend_error(exc, url.secrets) from exc
+        except (TypeError, ValueError) as exc:
             detail = scrub(str(exc), url.secrets)
             raise ConfigurationError(f"cannot build a {self.name} client: {detail}") from None
         return client, owned, url.secrets

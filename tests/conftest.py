@@ -33,6 +33,15 @@ from .servers import (
 from .topologies import Cluster, SentinelGroup
 
 IN_CI = bool(os.environ.get("CI"))
+#: Measured figures that tests report (fault tests); printed in the terminal summary.
+FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.write_sep("=", "fault-test figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
 
 
 SERVERS = {"redis-server": find_redis_server, "valkey-server": find_valkey_server}

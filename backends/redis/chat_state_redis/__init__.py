@@ -18,5 +18,9 @@ __all__ = ["BACKEND"]
 
 #: The :class:`~chat_state.protocols.BackendFactory` for redis-py clients.
 BACKEND = RedisFamily(
-    "redis", client_class="Redis", cluster_class="RedisCluster", base_error="RedisError"
+    "redis",
+    client_class="Redis",
+    cluster_class="RedisCluster",
+    base_error="RedisError",
+    cluster_error="RedisClusterException",
 )

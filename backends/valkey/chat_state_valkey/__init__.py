@@ -18,5 +18,9 @@ __all__ = ["BACKEND"]
 
 #: The :class:`~chat_state.protocols.BackendFactory` for valkey-py clients.
 BACKEND = RedisFamily(
-    "valkey", client_class="Valkey", cluster_class="ValkeyCluster", base_error="ValkeyError"
+    "valkey",
+    client_class="Valkey",
+    cluster_class="ValkeyCluster",
+    base_error="ValkeyError",
+    cluster_error="ValkeyClusterException",
 )

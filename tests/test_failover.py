@@ -11,6 +11,7 @@ summary under "fault-test figures"; they are measurements, not assertions.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,8 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from chat_state import AsyncState, BackendError, State
+from chat_state import AsyncState, BackendError, Lock, State
+from chat_state.operations import now_ms
 
 from .conftest import FIGURES, SERVERS, AsAsync, _unavailable
 from .servers import RedisServer
@@ -308,3 +310,22 @@ async def test_passwords_on_cluster_and_sentinel(
         assert "wrong:pw" not in str(caught.value)
         assert "data:pw" not in caplog.text
         assert "wrong:pw" not in caplog.text
+
+
+def test_the_readme_recipe_for_waiting_for_a_replica(servers: Any) -> None:
+    """The README's WAIT recipe, run as written on a Sentinel-managed primary."""
+    with State.from_url(servers.url("redis-server", "sentinel")) as state:
+        thread_id = "recipe"
+        expires_at = now_ms() + 30_000
+        client = state.get_client()
+        token = secrets.token_hex(16)
+        with client.pipeline(transaction=False) as pipe:
+            pipe.set(f"chat-sdk:lock:{thread_id}", token, px=30_000, nx=True)
+            pipe.wait(1, 100)
+            acquired, replicas = pipe.execute()
+        lock = Lock(thread_id, token, expires_at) if acquired and replicas >= 1 else None
+        assert lock is not None
+        assert state.acquire_lock(thread_id, 1_000) is None
+        assert state.extend_lock(lock, 30_000) is True
+        state.release_lock(lock)
+        assert state.acquire_lock(thread_id, 1_000) is not None

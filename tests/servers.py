@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "DEFAULT_URL_ENV_VAR",
@@ -175,7 +175,40 @@ def _info_field(info: bytes, name: str) -> str | None:
     return None
 
 
-class RedisServer:
+_M = TypeVar("_M", bound="Managed")
+
+
+class Managed:
+    """Context-manager support for the harness's processes: start on entry, stop on exit."""
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has run (and :meth:`stop` not since)."""
+        raise NotImplementedError
+
+    def start(self: _M) -> _M:
+        """Start; return ``self``."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop what was started; harmless if nothing was."""
+        raise NotImplementedError
+
+    def __enter__(self: _M) -> _M:
+        if not self.started:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(Managed):
     """A private ``redis-server`` process on a free loopback port.
 
     The server runs in a fresh temporary directory with persistence off, bound to
@@ -355,20 +388,10 @@ class RedisServer:
             raise RuntimeError(failure)
         return self
 
-    def __enter__(self) -> RedisServer:
-        """Start the server (if not yet running) and return it."""
-        if self._proc is None:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server."""
-        self.stop()
+    @property
+    def started(self) -> bool:
+        """Whether the process was started (it may have been killed since)."""
+        return self._proc is not None
 
     def __repr__(self) -> str:
         """Show the binary, port and pid."""

@@ -114,7 +114,7 @@ def _in_thread(load: Load) -> threading.Thread:
     return thread
 
 
-def _seed(url: str, facade: str, prefix: str) -> None:
+def _seed(url: str, prefix: str) -> None:
     with State.from_url(url, key_prefix=prefix) as state:
         for n in range(SEEDED):
             state.set(f"{HOT}:seed:{n}", {"n": n, "text": "héllo"})
@@ -131,7 +131,13 @@ def _check_seeded(url: str, prefix: str) -> None:
 
 
 def _wait_replicated(primary: redis.Redis) -> None:
-    """WAIT until the replica acknowledged everything: the failover is then clean."""
+    """Wait until the replica acknowledged everything written: the failover is then clean.
+
+    WAIT counts only the calling connection's writes, so write a marker on this
+    connection first (in the load's slot): replication offsets are ordered, so once
+    the marker is acknowledged, every earlier write, from any connection, is too.
+    """
+    primary.set(f"{HOT}:replicated-marker", "1")
     acknowledged = primary.execute_command("WAIT", 1, 5_000)
     assert acknowledged >= 1, "the replica did not acknowledge the writes"
 
@@ -171,26 +177,35 @@ def sentinel_group(binary: str) -> Iterator[SentinelGroup]:
         yield group
 
 
-@pytest.mark.parametrize("facade", ["sync", "async"])
-def test_sentinel_primary_killed_under_load(sentinel_group: SentinelGroup, facade: str) -> None:
-    group, url, prefix = sentinel_group, sentinel_group.url, f"fo-{facade}"
-    old_primary = group.primary
-    _seed(url, facade, prefix)
-    _wait_replicated(group.client(old_primary))
+def _kill_under_load(
+    url: str, facade: str, primary: RedisServer, admin: redis.Redis, title: str
+) -> None:
+    """Seed data, wait for its replication, kill ``primary`` under load, measure."""
+    prefix = f"fo-{facade}"
+    _seed(url, prefix)
+    _wait_replicated(admin)
     load = Load(_adapter(url, facade, prefix))
     worker = _in_thread(load)
     time.sleep(0.5)
     killed_at = time.monotonic()
-    old_primary.kill()
+    primary.kill()
     try:
-        _measure(load, killed_at, f"Sentinel ({_name(group.binary)}, {facade})")
+        _measure(load, killed_at, title)
     finally:
         load.stop.set()
         worker.join(timeout=30)
     assert not worker.is_alive()
+
+
+@pytest.mark.parametrize("facade", ["sync", "async"])
+def test_sentinel_primary_killed_under_load(sentinel_group: SentinelGroup, facade: str) -> None:
+    group = sentinel_group
+    old_primary = group.primary
+    title = f"Sentinel ({_name(group.binary)}, {facade})"
+    _kill_under_load(group.url, facade, old_primary, group.client(old_primary), title)
     group.wait_healthy(30)
     assert group.primary is not old_primary
-    _check_seeded(url, prefix)
+    _check_seeded(group.url, f"fo-{facade}")
 
 
 @pytest.fixture
@@ -201,25 +216,12 @@ def cluster(binary: str) -> Iterator[Cluster]:
 
 @pytest.mark.parametrize("facade", ["sync", "async"])
 def test_cluster_primary_killed_under_load(cluster: Cluster, facade: str) -> None:
-    prefix = f"fo-{facade}"
-    url = cluster.url
     hot_primary = cluster.node_for_key(HOT)
-    _seed(url, facade, prefix)
-    _wait_replicated(cluster.client(hot_primary))
-    load = Load(_adapter(url, facade, prefix))
-    worker = _in_thread(load)
-    time.sleep(0.5)
-    killed_at = time.monotonic()
-    hot_primary.kill()
-    try:
-        _measure(load, killed_at, f"Cluster ({_name(cluster.binary)}, {facade})")
-    finally:
-        load.stop.set()
-        worker.join(timeout=30)
-    assert not worker.is_alive()
+    title = f"Cluster ({_name(cluster.binary)}, {facade})"
+    _kill_under_load(cluster.url, facade, hot_primary, cluster.client(hot_primary), title)
     cluster.wait_healthy(30)
     assert cluster.node_for_key(HOT) is not hot_primary
-    _check_seeded(url, prefix)
+    _check_seeded(cluster.url, f"fo-{facade}")
 
 
 def _migrate_slot(cluster: Cluster, slot: int, source: RedisServer, target: RedisServer) -> int:
@@ -255,7 +257,7 @@ def test_slot_migration_under_load_reaches_no_caller(
     migration_cluster: Cluster, facade: str
 ) -> None:
     cluster, prefix = migration_cluster, f"mig-{facade}"
-    _seed(cluster.url, facade, prefix)
+    _seed(cluster.url, prefix)
     load = Load(_adapter(cluster.url, facade, prefix))
     worker = _in_thread(load)
     time.sleep(0.3)

@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
@@ -36,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from .servers import _BIND_FAILURE_MARKERS, RedisServer, free_port
+from .servers import _BIND_FAILURE_MARKERS, Managed, RedisServer, free_port
 
 __all__ = ["CLUSTER_SLOTS", "Cluster", "ClusterNodeView", "SentinelGroup", "slot_ranges"]
 
@@ -258,7 +257,7 @@ class ClusterNodeView:
         )
 
 
-class Cluster:
+class Cluster(Managed):
     """A private Redis Cluster: ``shards`` primaries (default 3), one replica each.
 
     Nodes run with ``--cluster-enabled yes --cluster-config-file nodes.conf
@@ -450,20 +449,10 @@ class Cluster:
                     parts.append(f"CLUSTER NODES failed: {exc!r}")
         return "\n".join(parts)
 
-    def __enter__(self) -> Cluster:
-        """Start the cluster (if not yet started) and return it."""
-        if not self.nodes:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the cluster."""
-        self.stop()
+    @property
+    def started(self) -> bool:
+        """Whether the nodes were started."""
+        return bool(self.nodes)
 
     def __repr__(self) -> str:
         """Show the binary and the ports."""
@@ -630,7 +619,7 @@ class Cluster:
 # -- Redis Sentinel -------------------------------------------------------------------
 
 
-class SentinelGroup:
+class SentinelGroup(Managed):
     """A primary, a replica and ``sentinels`` Sentinels (default 3) watching ``mymaster``.
 
     Sentinels run with quorum 2, ``down-after-milliseconds 1000``,
@@ -826,20 +815,10 @@ class SentinelGroup:
                     parts.append(f"SENTINEL MASTER failed: {exc!r}")
         return "\n".join(parts)
 
-    def __enter__(self) -> SentinelGroup:
-        """Start the group (if not yet started) and return it."""
-        if not self.sentinels:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the group."""
-        self.stop()
+    @property
+    def started(self) -> bool:
+        """Whether the servers were started."""
+        return bool(self.sentinels)
 
     def __repr__(self) -> str:
         """Show the binary and the ports."""

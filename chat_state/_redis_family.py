@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from types import ModuleType
 from typing import Any, TypeVar
 
+from ._replies import anext_or_none, backend_error, glob_escape, scrub, text
 from ._urls import RedisURL, parse_redis_url
 from .errors import BackendError, ConfigurationError
 from .protocols import Arg, AsyncRedisLike, NoScriptError, RedisLike
 
-__all__ = ["RedisFamily", "glob_escape", "scrub"]
+__all__ = ["RedisFamily"]
 
 T = TypeVar("T")
 
@@ -31,23 +32,6 @@ RETRIES = 3
 BACKOFF_CAP_S = 0.25
 BACKOFF_BASE_S = 0.025
 SCAN_COUNT = 1000
-
-
-def _text(reply: Any) -> Any:
-    return reply.decode() if isinstance(reply, bytes) else reply
-
-
-def scrub(message: str, secrets: Sequence[str]) -> str:
-    """``message`` with every secret replaced by ``***``."""
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
-    return message
-
-
-def glob_escape(text: str) -> str:
-    """``text`` as a literal in a SCAN MATCH pattern."""
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
 
 
 class _Base:
@@ -104,30 +88,30 @@ class SyncRedisBackend(_Base):
         return bool(self._call(self._client.set, key, value, px=px, nx=nx))
 
     def get(self, key: str) -> str | None:
-        return _text(self._call(self._client.get, key))  # type: ignore[no-any-return]
+        return text(self._call(self._client.get, key))  # type: ignore[no-any-return]
 
     def delete(self, key: str) -> int:
         return int(self._call(self._client.delete, key))
 
     def lpop(self, key: str) -> str | None:
-        return _text(self._call(self._client.lpop, key))  # type: ignore[no-any-return]
+        return text(self._call(self._client.lpop, key))  # type: ignore[no-any-return]
 
     def llen(self, key: str) -> int:
         return int(self._call(self._client.llen, key))
 
     def lrange(self, key: str, start: int, stop: int) -> list[str]:
-        return [_text(item) for item in self._call(self._client.lrange, key, start, stop)]
+        return [text(item) for item in self._call(self._client.lrange, key, start, stop)]
 
     def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return _text(self._call(self._client.evalsha, sha, len(keys), *keys, *args))
+        return text(self._call(self._client.evalsha, sha, len(keys), *keys, *args))
 
     def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return _text(self._call(self._client.eval, source, len(keys), *keys, *args))
+        return text(self._call(self._client.eval, source, len(keys), *keys, *args))
 
     def scan_prefix(self, prefix: str) -> Iterator[str]:
         keys = self._client.scan_iter(match=glob_escape(prefix) + "*", **self._scan_kwargs)
         while (key := self._call(next, keys, None)) is not None:
-            yield _text(key)
+            yield text(key)
 
     def close(self) -> None:
         for client in self._owned:
@@ -159,42 +143,34 @@ class AsyncRedisBackend(_Base):
         return bool(await self._call(self._client.set, key, value, px=px, nx=nx))
 
     async def get(self, key: str) -> str | None:
-        return _text(await self._call(self._client.get, key))  # type: ignore[no-any-return]
+        return text(await self._call(self._client.get, key))  # type: ignore[no-any-return]
 
     async def delete(self, key: str) -> int:
         return int(await self._call(self._client.delete, key))
 
     async def lpop(self, key: str) -> str | None:
-        return _text(await self._call(self._client.lpop, key))  # type: ignore[no-any-return]
+        return text(await self._call(self._client.lpop, key))  # type: ignore[no-any-return]
 
     async def llen(self, key: str) -> int:
         return int(await self._call(self._client.llen, key))
 
     async def lrange(self, key: str, start: int, stop: int) -> list[str]:
-        return [_text(item) for item in await self._call(self._client.lrange, key, start, stop)]
+        return [text(item) for item in await self._call(self._client.lrange, key, start, stop)]
 
     async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return _text(await self._call(self._client.evalsha, sha, len(keys), *keys, *args))
+        return text(await self._call(self._client.evalsha, sha, len(keys), *keys, *args))
 
     async def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return _text(await self._call(self._client.eval, source, len(keys), *keys, *args))
+        return text(await self._call(self._client.eval, source, len(keys), *keys, *args))
 
     async def scan_prefix(self, prefix: str) -> AsyncIterator[str]:
         keys = self._client.scan_iter(match=glob_escape(prefix) + "*", **self._scan_kwargs)
         while (key := await self._call(anext_or_none, keys)) is not None:
-            yield _text(key)
+            yield text(key)
 
     async def aclose(self) -> None:
         for client in self._owned:
             await self._call(client.aclose)
-
-
-async def anext_or_none(iterator: AsyncIterator[T]) -> T | None:
-    """The next item, or ``None`` at the end (``anext`` with a default, on Python 3.10)."""
-    try:
-        return await iterator.__anext__()
-    except StopAsyncIteration:
-        return None
 
 
 class RedisFamily:
@@ -252,8 +228,7 @@ class RedisFamily:
 
     def backend_error(self, exc: Exception, secrets: Sequence[str]) -> BackendError:
         """Our error for the library's ``exc``, with every secret scrubbed."""
-        detail = scrub(f"{type(exc).__name__}: {exc}", secrets)
-        return BackendError(f"{self.name} command failed: {detail}")
+        return backend_error(self.name, exc, secrets)
 
     # -- building clients -----------------------------------------------------------
 

@@ -42,12 +42,13 @@ _MEMORY = _Driver("chat_state.memory", None, "the memory backend")
 _DRIVERS: dict[str, _Driver] = {
     "redis": _Driver("chat_state_redis", "redis", "redis-py"),
     "valkey": _Driver("chat_state_valkey", "valkey", "valkey-py"),
+    "coredis": _Driver("chat_state_coredis", "coredis", "coredis"),
 }
 #: Schemes of the Redis family → the drivers that serve them, preferred first: a
 #: ``redis…`` URL uses redis-py if it is installed, else valkey-py; a ``valkey…`` URL
-#: the reverse. ``driver=`` names one explicitly.
+#: the reverse. ``driver=`` names one explicitly (``"coredis"`` only that way).
 _SCHEMES: dict[str, tuple[str, ...]] = {
-    scheme: (family, *(d for d in _DRIVERS if d != family))
+    scheme: (family, *(d for d in ("redis", "valkey") if d != family))
     for scheme, (family, _, _) in SCHEMES.items()
 }
 #: Top-level package of a client's class → the driver that adopts it.
@@ -55,6 +56,7 @@ _CLIENT_PACKAGES: dict[str, _Driver] = {
     "chat_state": _MEMORY,
     "redis": _DRIVERS["redis"],
     "valkey": _DRIVERS["valkey"],
+    "coredis": _DRIVERS["coredis"],
 }
 
 

@@ -46,7 +46,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 SERVERS = {"redis-server": find_redis_server, "valkey-server": find_valkey_server}
 TOPOLOGIES = ("standalone", "cluster", "sentinel")
-DRIVERS = {"redis-py": "redis", "valkey-py": "valkey"}
+DRIVERS = {"redis-py": "redis", "valkey-py": "valkey", "coredis": "coredis"}
 #: Every place the conformance suite runs: memory, and server x topology x client library.
 SERVER_TARGETS = [
     f"{server}/{topology}/{driver}"
@@ -55,6 +55,36 @@ SERVER_TARGETS = [
     for driver in DRIVERS
 ]
 TARGETS = ["memory", *SERVER_TARGETS]
+
+
+def runs_on_trio(target: str) -> bool:
+    """AsyncState runs under trio on memory and coredis (redis-py's client is asyncio only)."""
+    return target == "memory" or target.endswith("/coredis")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that takes a ``target`` runs on each (``@pytest.mark.targets`` narrows
+    the list); with a ``facade`` too, through State and AsyncState, and AsyncState on
+    asyncio and, where it can run there, on trio."""
+    if "target" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("targets")
+    targets: list[str] = list(marker.args[0]) if marker else TARGETS
+    if "facade" not in metafunc.fixturenames:
+        metafunc.parametrize("target", targets, indirect=True)
+        return
+    combos = [
+        (target, facade, loop)
+        for target in targets
+        for facade, loop in [("sync", "asyncio"), ("async", "asyncio"), ("async", "trio")]
+        if loop == "asyncio" or runs_on_trio(target)
+    ]
+    metafunc.parametrize(
+        ("target", "facade", "anyio_backend"),
+        combos,
+        indirect=["target", "facade"],
+        ids=[f"{t}-{f}" + ("-trio" if loop == "trio" else "") for t, f, loop in combos],
+    )
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -188,6 +218,7 @@ class Target:
 
     name: str
     url: str
+    driver: str | None
     raw: Raw
     prefix: str
 
@@ -199,13 +230,13 @@ class Target:
         return f"{self.prefix}:{kind}:{name}" if name else f"{self.prefix}:{kind}"
 
 
-@pytest.fixture(params=TARGETS)
+@pytest.fixture
 def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     prefix = f"t{uuid.uuid4().hex[:10]}"
     name: str = request.param
     if name == "memory":
         url = f"memory://{prefix}"
-        yield Target(name, url, Raw(store=store_for_url(url)), prefix)
+        yield Target(name, url, None, Raw(store=store_for_url(url)), prefix)
         store_for_url(url).flush()
         return
     server, topology, driver = name.split("/")
@@ -214,11 +245,14 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
         base_url = servers.url(server, topology)
     except ServerUnavailable as exc:
         _unavailable(str(exc))
-    # The valkey-py targets use the valkey schemes, the redis-py ones the redis schemes.
+    # The valkey-py targets use the valkey schemes, the redis-py ones the redis schemes;
+    # coredis is chosen with driver=.
     url = "valkey" + base_url.removeprefix("redis") if DRIVERS[driver] == "valkey" else base_url
     client = raw_client(base_url)
     try:
-        yield Target(name, url, Raw(client=client), prefix)
+        yield Target(
+            name, url, "coredis" if driver == "coredis" else None, Raw(client=client), prefix
+        )
     finally:
         client.close()
 
@@ -240,7 +274,7 @@ class AsAsync:
         return call
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture
 def facade(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -251,6 +285,7 @@ def make_state(target: Target, facade: str) -> Callable[..., Any]:
 
     def make(**kwargs: Any) -> Any:
         kwargs.setdefault("key_prefix", target.prefix)
+        kwargs.setdefault("driver", target.driver)
         if facade == "sync":
             return AsAsync(State.from_url(target.url, **kwargs))
         return AsyncState.from_url(target.url, **kwargs)

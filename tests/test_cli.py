@@ -115,7 +115,6 @@ def test_bad_arguments_exit_2(args: list[str], capsys: pytest.CaptureFixture[str
     assert "error:" in capsys.readouterr().err
 
 
-@pytest.mark.redis
 def test_demo_on_redis_leaves_no_keys(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     prefix = f"cli-test-{uuid.uuid4().hex}"
     status, summary = run_json(capsys, "--url", redis_url, "--key-prefix", prefix)

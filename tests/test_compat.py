@@ -99,7 +99,7 @@ async def test_values_written_by_typescript_are_read(state: Any, target: Target)
 # -- scripts --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", SERVER_TARGETS, indirect=True)
+@pytest.mark.targets(SERVER_TARGETS)
 async def test_scripts_survive_a_flushed_script_cache(state: Any, target: Target) -> None:
     """As after a restart or a failover: NOSCRIPT, then the source, on the key's node."""
     lock = await state.acquire_lock("t", 30_000)

@@ -1,0 +1,44 @@
+"""Small pieces every server backend shares: reply text, secret scrubbing, SCAN patterns."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
+
+from .errors import BackendError
+
+__all__ = ["anext_or_none", "backend_error", "glob_escape", "scrub", "text"]
+
+T = TypeVar("T")
+
+
+def text(reply: Any) -> Any:
+    """``bytes`` decoded as UTF-8; anything else as it is."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
+def scrub(message: str, secrets: Sequence[str]) -> str:
+    """``message`` with every secret replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
+def backend_error(library: str, exc: BaseException, secrets: Sequence[str]) -> BackendError:
+    """Our error for a client library's ``exc``, with every secret scrubbed."""
+    detail = scrub(f"{type(exc).__name__}: {exc}", secrets)
+    return BackendError(f"{library} command failed: {detail}")
+
+
+def glob_escape(literal: str) -> str:
+    """``literal`` as a literal in a SCAN MATCH pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in literal)
+
+
+async def anext_or_none(iterator: AsyncIterator[T]) -> T | None:
+    """The next item, or ``None`` at the end (``anext`` with a default, on Python 3.10)."""
+    try:
+        return await iterator.__anext__()
+    except StopAsyncIteration:
+        return None

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from types import ModuleType
 from typing import Any, TypeVar
 
+from ._loops import on_asyncio
 from ._replies import anext_or_none, backend_error, glob_escape, scrub, text
 from ._urls import RedisURL, parse_redis_url
 from .errors import BackendError, ConfigurationError
@@ -128,6 +129,7 @@ class AsyncRedisBackend(_Base):
             raise self._error(exc) from exc
 
     async def ping(self) -> None:
+        self._family.require_asyncio()
         await self._call(self._client.ping)
 
     async def sadd(self, key: str, member: str) -> int:
@@ -280,7 +282,16 @@ class RedisFamily:
         client, owned, secrets = self._open(url, asynchronous=False)
         return SyncRedisBackend(self, client, owned=owned, secrets=secrets)
 
+    def require_asyncio(self) -> None:
+        """Refuse, clearly, to run the asyncio client under another event loop."""
+        if not on_asyncio():
+            raise ConfigurationError(
+                f"{self.name}'s asyncio client runs only under asyncio, and this is "
+                'another event loop (trio?): use driver="coredis" or memory:// there'
+            )
+
     def open_async(self, url: str) -> AsyncRedisLike:
+        self.require_asyncio()
         client, owned, secrets = self._open(url, asynchronous=True)
         return AsyncRedisBackend(self, client, owned=owned, secrets=secrets)
 

@@ -6,12 +6,19 @@ import os
 import subprocess
 import sys
 import threading
+from contextlib import AsyncExitStack
+from typing import Any
 
 import anyio
 import coredis
 import pytest
+import redis.asyncio
+import valkey.asyncio
+from coredis.connection import TCPLocation
+from coredis.typing import Node
 
 from chat_state import AsyncState, ConfigurationError, State
+from chat_state._urls import parse_redis_url
 
 pytestmark = pytest.mark.anyio
 
@@ -21,17 +28,21 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.mark.parametrize("driver", ["redis", "valkey"])
 async def test_redis_py_under_trio_fails_at_connect_with_a_clear_message(
-    redis_url: str, anyio_backend: str
+    redis_url: str, anyio_backend: str, driver: str
 ) -> None:
-    state = AsyncState.from_url(redis_url)
+    state = AsyncState.from_url(redis_url, driver=driver)
     if anyio_backend == "asyncio":
         await state.connect()
         await state.disconnect()
         return
-    with pytest.raises(ConfigurationError, match=r'only under asyncio.*driver="coredis"'):
+    with pytest.raises(ConfigurationError, match=rf'{driver}.*only under asyncio.*"coredis"'):
         await state.connect()
     assert not state.is_connected
+    mine = (redis.asyncio.Redis if driver == "redis" else valkey.asyncio.Valkey).from_url(redis_url)
+    with pytest.raises(ConfigurationError, match="only under asyncio"):
+        await AsyncState(client=mine).connect()
 
 
 async def test_connect_and_disconnect_in_different_tasks_and_orders(redis_url: str) -> None:
@@ -51,11 +62,31 @@ async def test_connect_and_disconnect_in_different_tasks_and_orders(redis_url: s
     assert not second.is_connected
 
 
-async def test_a_coredis_client_passed_in(redis_url: str, anyio_backend: str) -> None:
-    host, port = redis_url.removeprefix("redis://").removesuffix("/0").split(":")
-    client = coredis.Redis(host, int(port))  # bytes replies: normalised by the backend
-    async with client:
-        async with AsyncState(client=client, key_prefix=f"given-{anyio_backend}") as state:
+def _coredis_client(servers: Any, kind: str) -> tuple[Any, list[Any]]:
+    """A coredis client of ``kind`` on the session's redis-server, and what to enter."""
+    hosts = parse_redis_url(servers.url("redis-server", kind)).hosts
+    if kind == "cluster":
+        nodes = [Node(host=host, port=port) for host, port in hosts]
+        cluster = coredis.RedisCluster(startup_nodes=nodes)
+        return cluster, [cluster]
+    if kind == "sentinel":
+        sentinel = coredis.Sentinel([TCPLocation(host, port) for host, port in hosts])
+        primary = sentinel.primary_for("mymaster")
+        return primary, [sentinel, primary]
+    host, port = hosts[0]
+    client = coredis.Redis(host, port)
+    return client, [client]
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster", "sentinel"])
+async def test_a_coredis_client_passed_in(servers: Any, anyio_backend: str, kind: str) -> None:
+    # bytes replies (no decode_responses): normalised by the backend
+    client, contexts = _coredis_client(servers, kind)
+    async with AsyncExitStack() as entered:
+        for context in contexts:
+            await entered.enter_async_context(context)
+        prefix = f"given-{kind}-{anyio_backend}"
+        async with AsyncState(client=client, key_prefix=prefix) as state:
             assert state.get_client() is client
             await state.set("k", {"é": [1, 2]})
             assert await state.get("k") == {"é": [1, 2]}

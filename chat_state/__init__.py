@@ -21,7 +21,7 @@ from .errors import (
     SerializationError,
 )
 from .memory import MemoryStore
-from .models import Lock, QueueEntry
+from .models import Lock, LockLike, QueueEntry, QueueEntryLike
 
 __all__ = [
     "AsyncState",
@@ -29,9 +29,11 @@ __all__ = [
     "ChatStateError",
     "ConfigurationError",
     "Lock",
+    "LockLike",
     "MemoryStore",
     "NotConnectedError",
     "QueueEntry",
+    "QueueEntryLike",
     "SerializationError",
     "State",
 ]

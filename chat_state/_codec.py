@@ -55,9 +55,12 @@ def decode(text: str) -> Any:
         return text
 
 
-def encode_queue_entry(enqueued_at: int, expires_at: int, message: object) -> str:
-    """Encode a queue entry in the TypeScript (camelCase) shape."""
-    return encode({"enqueuedAt": enqueued_at, "expiresAt": expires_at, "message": message})
+def encode_queue_entry(
+    fields: tuple[str, str], enqueued_at: int, expires_at: int, message: object
+) -> str:
+    """Encode a queue entry, its two times named by ``fields`` (camelCase or snake_case)."""
+    enqueued_field, expires_field = fields
+    return encode({enqueued_field: enqueued_at, expires_field: expires_at, "message": message})
 
 
 def _revive_message(message: Any) -> Any:

@@ -20,8 +20,8 @@ import anyio
 from . import operations as ops
 from ._drivers import run_async, run_sync
 from .errors import ConfigurationError, NotConnectedError
-from .models import Lock, QueueEntry
-from .operations import DEFAULT_PREFIX, Keys, Operation
+from .models import Lock, LockLike, QueueEntry, QueueEntryLike
+from .operations import DEFAULT_PREFIX, Layout, Operation, QueueFormat
 from .protocols import AsyncRedisLike, BackendFactory, RedisLike
 from .registry import factory_for_client, factory_for_url, redact_url
 
@@ -58,11 +58,12 @@ class _Facade(Generic[B]):
         key_prefix: str = DEFAULT_PREFIX,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         driver: str | None = None,
+        queue_format: QueueFormat = "typescript",
     ) -> None:
         if not isinstance(key_prefix, str):
             raise ConfigurationError(f"key_prefix must be a str, not {type(key_prefix).__name__}")
         self._logger = logger if logger is not None else logging.getLogger("chat_state")
-        self._keys = Keys(key_prefix)
+        self._layout = Layout(key_prefix, queue_format)
         self._backend: B | None = None
         self._guard = threading.Lock()  # State's connection slot, shared between threads
         self._url: str | None = None
@@ -90,12 +91,25 @@ class _Facade(Generic[B]):
         key_prefix: str = DEFAULT_PREFIX,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         driver: str | None = None,
+        queue_format: QueueFormat = "typescript",
     ) -> S:
         """Create a state adapter for ``url`` (``memory://``, ``redis://``, ...).
 
         Nothing is connected until :meth:`connect` (or entering the context manager).
+
+        Args:
+            url: Where the state lives; the scheme chooses the backend.
+            key_prefix: The prefix of every key (an empty one means ``"chat-sdk"``).
+            logger: Where to log; the ``chat_state`` logger by default.
+            driver: ``"redis"``, ``"valkey"`` or ``"coredis"``, to choose the client
+                library for a Redis-family URL.
+            queue_format: ``"typescript"`` (camelCase queue entries, the default) or
+                ``"chat_sdk"`` (snake_case, readable by ``chat_sdk.state.redis``
+                while a fleet moves from it). Both are always read.
         """
-        return cls(url, key_prefix=key_prefix, logger=logger, driver=driver)
+        return cls(
+            url, key_prefix=key_prefix, logger=logger, driver=driver, queue_format=queue_format
+        )
 
     @staticmethod
     def _adopt(factory: BackendFactory, client: object) -> B | None:
@@ -110,7 +124,7 @@ class _Facade(Generic[B]):
     @property
     def key_prefix(self) -> str:
         """The prefix of every key this adapter writes."""
-        return self._keys.prefix
+        return self._layout.prefix
 
     @property
     def is_connected(self) -> bool:
@@ -231,57 +245,57 @@ class State(_Facade[RedisLike]):
         Never KEYS, which blocks the server. As with SCAN, keys written or deleted
         while it runs may or may not be seen.
         """
-        return self._connected().scan_prefix(self._keys.all)
+        return self._connected().scan_prefix(self._layout.all)
 
     # -- subscriptions ------------------------------------------------------------
 
     def subscribe(self, thread_id: str) -> None:
         """Add ``thread_id`` to the subscribed threads."""
-        return self._run(ops.subscribe(self._keys, thread_id))
+        return self._run(ops.subscribe(self._layout, thread_id))
 
     def unsubscribe(self, thread_id: str) -> None:
         """Remove ``thread_id`` from the subscribed threads."""
-        return self._run(ops.unsubscribe(self._keys, thread_id))
+        return self._run(ops.unsubscribe(self._layout, thread_id))
 
     def is_subscribed(self, thread_id: str) -> bool:
         """Whether ``thread_id`` is subscribed."""
-        return self._run(ops.is_subscribed(self._keys, thread_id))
+        return self._run(ops.is_subscribed(self._layout, thread_id))
 
     # -- locks --------------------------------------------------------------------
 
     def acquire_lock(self, thread_id: str, ttl_ms: int) -> Lock | None:
         """Take the thread's lock for ``ttl_ms`` ms, or return ``None`` if it is held."""
-        return self._run(ops.acquire_lock(self._keys, thread_id, ttl_ms))
+        return self._run(ops.acquire_lock(self._layout, thread_id, ttl_ms))
 
-    def release_lock(self, lock: Lock) -> None:
+    def release_lock(self, lock: LockLike) -> None:
         """Release ``lock`` if it is still held under its token; otherwise do nothing."""
-        return self._run(ops.release_lock(self._keys, lock))
+        return self._run(ops.release_lock(self._layout, lock))
 
-    def extend_lock(self, lock: Lock, ttl_ms: int) -> bool:
+    def extend_lock(self, lock: LockLike, ttl_ms: int) -> bool:
         """Give ``lock`` a fresh TTL of ``ttl_ms`` from now, if still held; → success."""
-        return self._run(ops.extend_lock(self._keys, lock, ttl_ms))
+        return self._run(ops.extend_lock(self._layout, lock, ttl_ms))
 
     def force_release_lock(self, thread_id: str) -> None:
         """Delete the thread's lock whoever holds it."""
-        return self._run(ops.force_release_lock(self._keys, thread_id))
+        return self._run(ops.force_release_lock(self._layout, thread_id))
 
     # -- cache --------------------------------------------------------------------
 
     def get(self, key: str) -> Any:
         """The JSON value at ``key``, or ``None``; raw text if the stored text is not JSON."""
-        return self._run(ops.get(self._keys, key))
+        return self._run(ops.get(self._layout, key))
 
     def set(self, key: str, value: Any, ttl_ms: int | None = None) -> None:
         """Store ``value`` as JSON, expiring after ``ttl_ms`` ms if given."""
-        return self._run(ops.set(self._keys, key, value, ttl_ms))
+        return self._run(ops.set(self._layout, key, value, ttl_ms))
 
     def set_if_not_exists(self, key: str, value: Any, ttl_ms: int | None = None) -> bool:
         """Store ``value`` only if ``key`` is absent (atomic); → whether it was written."""
-        return self._run(ops.set_if_not_exists(self._keys, key, value, ttl_ms))
+        return self._run(ops.set_if_not_exists(self._layout, key, value, ttl_ms))
 
     def delete(self, key: str) -> None:
         """Remove the value at ``key``."""
-        return self._run(ops.delete(self._keys, key))
+        return self._run(ops.delete(self._layout, key))
 
     # -- lists --------------------------------------------------------------------
 
@@ -289,25 +303,25 @@ class State(_Facade[RedisLike]):
         self, key: str, value: Any, *, max_length: int | None = None, ttl_ms: int | None = None
     ) -> None:
         """Append ``value``; keep the newest ``max_length``; refresh the TTL (atomic)."""
-        return self._run(ops.append_to_list(self._keys, key, value, max_length, ttl_ms))
+        return self._run(ops.append_to_list(self._layout, key, value, max_length, ttl_ms))
 
     def get_list(self, key: str) -> list[Any]:
         """Every value of the list, oldest first; ``[]`` when absent."""
-        return self._run(ops.get_list(self._keys, key))
+        return self._run(ops.get_list(self._layout, key))
 
     # -- queues -------------------------------------------------------------------
 
-    def enqueue(self, thread_id: str, entry: QueueEntry, max_size: int) -> int:
+    def enqueue(self, thread_id: str, entry: QueueEntryLike, max_size: int) -> int:
         """Queue ``entry`` for the thread, keeping the newest ``max_size``; → depth."""
-        return self._run(ops.enqueue(self._keys, thread_id, entry, max_size))
+        return self._run(ops.enqueue(self._layout, thread_id, entry, max_size))
 
     def dequeue(self, thread_id: str) -> QueueEntry | None:
         """Take the oldest entry of the thread's queue, or ``None``."""
-        return self._run(ops.dequeue(self._keys, thread_id))
+        return self._run(ops.dequeue(self._layout, thread_id))
 
     def queue_depth(self, thread_id: str) -> int:
         """How many entries the thread's queue holds (expired ones included)."""
-        return self._run(ops.queue_depth(self._keys, thread_id))
+        return self._run(ops.queue_depth(self._layout, thread_id))
 
 
 class AsyncState(_Facade[AsyncRedisLike]):
@@ -398,57 +412,57 @@ class AsyncState(_Facade[AsyncRedisLike]):
         server. As with SCAN, keys written or deleted while it runs may or may not
         be seen.
         """
-        return self._connected().scan_prefix(self._keys.all)
+        return self._connected().scan_prefix(self._layout.all)
 
     # -- subscriptions ------------------------------------------------------------
 
     async def subscribe(self, thread_id: str) -> None:
         """Add ``thread_id`` to the subscribed threads."""
-        return await self._run(ops.subscribe(self._keys, thread_id))
+        return await self._run(ops.subscribe(self._layout, thread_id))
 
     async def unsubscribe(self, thread_id: str) -> None:
         """Remove ``thread_id`` from the subscribed threads."""
-        return await self._run(ops.unsubscribe(self._keys, thread_id))
+        return await self._run(ops.unsubscribe(self._layout, thread_id))
 
     async def is_subscribed(self, thread_id: str) -> bool:
         """Whether ``thread_id`` is subscribed."""
-        return await self._run(ops.is_subscribed(self._keys, thread_id))
+        return await self._run(ops.is_subscribed(self._layout, thread_id))
 
     # -- locks --------------------------------------------------------------------
 
     async def acquire_lock(self, thread_id: str, ttl_ms: int) -> Lock | None:
         """Take the thread's lock for ``ttl_ms`` ms, or return ``None`` if it is held."""
-        return await self._run(ops.acquire_lock(self._keys, thread_id, ttl_ms))
+        return await self._run(ops.acquire_lock(self._layout, thread_id, ttl_ms))
 
-    async def release_lock(self, lock: Lock) -> None:
+    async def release_lock(self, lock: LockLike) -> None:
         """Release ``lock`` if it is still held under its token; otherwise do nothing."""
-        return await self._run(ops.release_lock(self._keys, lock))
+        return await self._run(ops.release_lock(self._layout, lock))
 
-    async def extend_lock(self, lock: Lock, ttl_ms: int) -> bool:
+    async def extend_lock(self, lock: LockLike, ttl_ms: int) -> bool:
         """Give ``lock`` a fresh TTL of ``ttl_ms`` from now, if still held; → success."""
-        return await self._run(ops.extend_lock(self._keys, lock, ttl_ms))
+        return await self._run(ops.extend_lock(self._layout, lock, ttl_ms))
 
     async def force_release_lock(self, thread_id: str) -> None:
         """Delete the thread's lock whoever holds it."""
-        return await self._run(ops.force_release_lock(self._keys, thread_id))
+        return await self._run(ops.force_release_lock(self._layout, thread_id))
 
     # -- cache --------------------------------------------------------------------
 
     async def get(self, key: str) -> Any:
         """The JSON value at ``key``, or ``None``; raw text if the stored text is not JSON."""
-        return await self._run(ops.get(self._keys, key))
+        return await self._run(ops.get(self._layout, key))
 
     async def set(self, key: str, value: Any, ttl_ms: int | None = None) -> None:
         """Store ``value`` as JSON, expiring after ``ttl_ms`` ms if given."""
-        return await self._run(ops.set(self._keys, key, value, ttl_ms))
+        return await self._run(ops.set(self._layout, key, value, ttl_ms))
 
     async def set_if_not_exists(self, key: str, value: Any, ttl_ms: int | None = None) -> bool:
         """Store ``value`` only if ``key`` is absent (atomic); → whether it was written."""
-        return await self._run(ops.set_if_not_exists(self._keys, key, value, ttl_ms))
+        return await self._run(ops.set_if_not_exists(self._layout, key, value, ttl_ms))
 
     async def delete(self, key: str) -> None:
         """Remove the value at ``key``."""
-        return await self._run(ops.delete(self._keys, key))
+        return await self._run(ops.delete(self._layout, key))
 
     # -- lists --------------------------------------------------------------------
 
@@ -456,22 +470,22 @@ class AsyncState(_Facade[AsyncRedisLike]):
         self, key: str, value: Any, *, max_length: int | None = None, ttl_ms: int | None = None
     ) -> None:
         """Append ``value``; keep the newest ``max_length``; refresh the TTL (atomic)."""
-        return await self._run(ops.append_to_list(self._keys, key, value, max_length, ttl_ms))
+        return await self._run(ops.append_to_list(self._layout, key, value, max_length, ttl_ms))
 
     async def get_list(self, key: str) -> list[Any]:
         """Every value of the list, oldest first; ``[]`` when absent."""
-        return await self._run(ops.get_list(self._keys, key))
+        return await self._run(ops.get_list(self._layout, key))
 
     # -- queues -------------------------------------------------------------------
 
-    async def enqueue(self, thread_id: str, entry: QueueEntry, max_size: int) -> int:
+    async def enqueue(self, thread_id: str, entry: QueueEntryLike, max_size: int) -> int:
         """Queue ``entry`` for the thread, keeping the newest ``max_size``; → depth."""
-        return await self._run(ops.enqueue(self._keys, thread_id, entry, max_size))
+        return await self._run(ops.enqueue(self._layout, thread_id, entry, max_size))
 
     async def dequeue(self, thread_id: str) -> QueueEntry | None:
         """Take the oldest entry of the thread's queue, or ``None``."""
-        return await self._run(ops.dequeue(self._keys, thread_id))
+        return await self._run(ops.dequeue(self._layout, thread_id))
 
     async def queue_depth(self, thread_id: str) -> int:
         """How many entries the thread's queue holds (expired ones included)."""
-        return await self._run(ops.queue_depth(self._keys, thread_id))
+        return await self._run(ops.queue_depth(self._layout, thread_id))

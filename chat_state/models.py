@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Lock", "QueueEntry"]
+__all__ = ["Lock", "LockLike", "QueueEntry", "QueueEntryLike"]
+
+
+class LockLike(Protocol):
+    """What ``release_lock`` and ``extend_lock`` need of a lock: ours, or chat_sdk's."""
+
+    @property
+    def thread_id(self) -> str: ...
+
+    @property
+    def token(self) -> str: ...
+
+
+class QueueEntryLike(Protocol):
+    """What ``enqueue`` needs of an entry: ours, or chat_sdk's."""
+
+    @property
+    def enqueued_at(self) -> int: ...
+
+    @property
+    def expires_at(self) -> int: ...
+
+    @property
+    def message(self) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)

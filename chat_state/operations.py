@@ -15,20 +15,31 @@ import secrets
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from . import _codec
 from ._scripts import EXTEND, PUSH, RELEASE, Script
 from ._validate import check_lock, check_name, check_queue_entry, check_size, check_ttl
+from .errors import ConfigurationError
 from .models import Lock, QueueEntry
 from .protocols import Arg
 
-__all__ = ["Call", "Command", "Keys", "Operation", "ScriptCall"]
+__all__ = ["Call", "Command", "Layout", "Operation", "ScriptCall"]
 
 T = TypeVar("T")
 
 DEFAULT_PREFIX = "chat-sdk"
 QUEUE_MIN_TTL_MS = 60_000
+
+QueueFormat = Literal["typescript", "chat_sdk"]
+#: How queue entries name their times: the TypeScript adapters' camelCase (the
+#: default, which every chat-state and TypeScript bot reads), or the snake_case of
+#: ``chat_sdk.state.redis``, whose adapter reads nothing else (for a fleet that is
+#: moving from it to chat-state).
+QUEUE_FIELDS: dict[str, tuple[str, str]] = {
+    "typescript": ("enqueuedAt", "expiresAt"),
+    "chat_sdk": ("enqueued_at", "expires_at"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +63,28 @@ Call = Command | ScriptCall
 Operation = Generator[Call, Any, T]
 
 
-class Keys:
-    """The key layout shared with the TypeScript adapters."""
+class Layout:
+    """The data layout shared with the TypeScript adapters: key names, queue entry fields."""
 
-    __slots__ = ("_cache", "_list", "_lock", "_queue", "all", "prefix", "subscriptions")
+    __slots__ = (
+        "_cache",
+        "_list",
+        "_lock",
+        "_queue",
+        "all",
+        "prefix",
+        "queue_fields",
+        "subscriptions",
+    )
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self, prefix: str = DEFAULT_PREFIX, queue_format: QueueFormat = "typescript"
+    ) -> None:
+        if queue_format not in QUEUE_FIELDS:
+            known = ", ".join(repr(name) for name in QUEUE_FIELDS)
+            raise ConfigurationError(f"queue_format must be one of {known}, not {queue_format!r}")
+        #: The field names queue entries are written with (both forms are read).
+        self.queue_fields = QUEUE_FIELDS[queue_format]
         # An empty prefix falls back to the default, as in TypeScript, so that no
         # key ever starts with ":" and both languages agree on the key names.
         self.prefix = prefix or DEFAULT_PREFIX
@@ -91,21 +118,21 @@ def new_token() -> str:
     return "cs_" + secrets.token_hex(16)
 
 
-def subscribe(keys: Keys, thread_id: str) -> Operation[None]:
-    yield Command("sadd", (keys.subscriptions, check_name("thread_id", thread_id)))
+def subscribe(layout: Layout, thread_id: str) -> Operation[None]:
+    yield Command("sadd", (layout.subscriptions, check_name("thread_id", thread_id)))
 
 
-def unsubscribe(keys: Keys, thread_id: str) -> Operation[None]:
-    yield Command("srem", (keys.subscriptions, check_name("thread_id", thread_id)))
+def unsubscribe(layout: Layout, thread_id: str) -> Operation[None]:
+    yield Command("srem", (layout.subscriptions, check_name("thread_id", thread_id)))
 
 
-def is_subscribed(keys: Keys, thread_id: str) -> Operation[bool]:
-    reply = yield Command("sismember", (keys.subscriptions, check_name("thread_id", thread_id)))
+def is_subscribed(layout: Layout, thread_id: str) -> Operation[bool]:
+    reply = yield Command("sismember", (layout.subscriptions, check_name("thread_id", thread_id)))
     return bool(reply)
 
 
-def acquire_lock(keys: Keys, thread_id: str, ttl_ms: int) -> Operation[Lock | None]:
-    key = keys.lock(check_name("thread_id", thread_id))
+def acquire_lock(layout: Layout, thread_id: str, ttl_ms: int) -> Operation[Lock | None]:
+    key = layout.lock(check_name("thread_id", thread_id))
     ttl = check_ttl("ttl_ms", ttl_ms)
     token = new_token()
     # Read the clock before sending: expires_at must never overstate the lock's life.
@@ -114,76 +141,76 @@ def acquire_lock(keys: Keys, thread_id: str, ttl_ms: int) -> Operation[Lock | No
     return Lock(thread_id, token, expires_at) if acquired else None
 
 
-def release_lock(keys: Keys, lock: Any) -> Operation[None]:
+def release_lock(layout: Layout, lock: Any) -> Operation[None]:
     thread_id, token = check_lock(lock)
-    yield ScriptCall(RELEASE, (keys.lock(thread_id),), (token,))
+    yield ScriptCall(RELEASE, (layout.lock(thread_id),), (token,))
 
 
-def extend_lock(keys: Keys, lock: Any, ttl_ms: int) -> Operation[bool]:
+def extend_lock(layout: Layout, lock: Any, ttl_ms: int) -> Operation[bool]:
     thread_id, token = check_lock(lock)
     ttl = check_ttl("ttl_ms", ttl_ms)
-    reply = yield ScriptCall(EXTEND, (keys.lock(thread_id),), (token, ttl))
+    reply = yield ScriptCall(EXTEND, (layout.lock(thread_id),), (token, ttl))
     return bool(reply == 1)
 
 
-def force_release_lock(keys: Keys, thread_id: str) -> Operation[None]:
-    yield Command("delete", (keys.lock(check_name("thread_id", thread_id)),))
+def force_release_lock(layout: Layout, thread_id: str) -> Operation[None]:
+    yield Command("delete", (layout.lock(check_name("thread_id", thread_id)),))
 
 
-def get(keys: Keys, key: str) -> Operation[Any]:
-    text = yield Command("get", (keys.cache(check_name("key", key)),))
+def get(layout: Layout, key: str) -> Operation[Any]:
+    text = yield Command("get", (layout.cache(check_name("key", key)),))
     return None if text is None else _codec.decode(text)
 
 
-def set(keys: Keys, key: str, value: Any, ttl_ms: int | None = None) -> Operation[None]:
-    cache_key = keys.cache(check_name("key", key))
+def set(layout: Layout, key: str, value: Any, ttl_ms: int | None = None) -> Operation[None]:
+    cache_key = layout.cache(check_name("key", key))
     ttl = check_ttl("ttl_ms", ttl_ms, optional=True) or None
     yield Command("set", (cache_key, _codec.encode(value), ttl, False))
 
 
 def set_if_not_exists(
-    keys: Keys, key: str, value: Any, ttl_ms: int | None = None
+    layout: Layout, key: str, value: Any, ttl_ms: int | None = None
 ) -> Operation[bool]:
-    cache_key = keys.cache(check_name("key", key))
+    cache_key = layout.cache(check_name("key", key))
     ttl = check_ttl("ttl_ms", ttl_ms, optional=True) or None
     written = yield Command("set", (cache_key, _codec.encode(value), ttl, True))
     return bool(written)
 
 
-def delete(keys: Keys, key: str) -> Operation[None]:
-    yield Command("delete", (keys.cache(check_name("key", key)),))
+def delete(layout: Layout, key: str) -> Operation[None]:
+    yield Command("delete", (layout.cache(check_name("key", key)),))
 
 
 def append_to_list(
-    keys: Keys, key: str, value: Any, max_length: int | None = None, ttl_ms: int | None = None
+    layout: Layout, key: str, value: Any, max_length: int | None = None, ttl_ms: int | None = None
 ) -> Operation[None]:
-    list_key = keys.list(check_name("key", key))
+    list_key = layout.list(check_name("key", key))
     # 0 means "unbounded" / "keep the list's TTL", as in Redis and TypeScript.
     size = check_size("max_length", max_length)
     ttl = check_size("ttl_ms", ttl_ms)
     yield ScriptCall(PUSH, (list_key,), (_codec.encode(value), size, ttl))
 
 
-def get_list(keys: Keys, key: str) -> Operation[list[Any]]:
-    texts = yield Command("lrange", (keys.list(check_name("key", key)), 0, -1))
+def get_list(layout: Layout, key: str) -> Operation[list[Any]]:
+    texts = yield Command("lrange", (layout.list(check_name("key", key)), 0, -1))
     return [_codec.decode(text) for text in texts]
 
 
-def enqueue(keys: Keys, thread_id: str, entry: Any, max_size: int) -> Operation[int]:
-    queue_key = keys.queue(check_name("thread_id", thread_id))
+def enqueue(layout: Layout, thread_id: str, entry: Any, max_size: int) -> Operation[int]:
+    queue_key = layout.queue(check_name("thread_id", thread_id))
     size = check_size("max_size", max_size)
     enqueued_at, expires_at, message = check_queue_entry(entry)
-    text = _codec.encode_queue_entry(enqueued_at, expires_at, message)
+    text = _codec.encode_queue_entry(layout.queue_fields, enqueued_at, expires_at, message)
     ttl = max(expires_at - now_ms(), QUEUE_MIN_TTL_MS)
     depth = yield ScriptCall(PUSH, (queue_key,), (text, size, ttl))
     return int(depth)
 
 
-def dequeue(keys: Keys, thread_id: str) -> Operation[QueueEntry | None]:
-    text = yield Command("lpop", (keys.queue(check_name("thread_id", thread_id)),))
+def dequeue(layout: Layout, thread_id: str) -> Operation[QueueEntry | None]:
+    text = yield Command("lpop", (layout.queue(check_name("thread_id", thread_id)),))
     return None if text is None else _codec.decode_queue_entry(text)
 
 
-def queue_depth(keys: Keys, thread_id: str) -> Operation[int]:
-    depth = yield Command("llen", (keys.queue(check_name("thread_id", thread_id)),))
+def queue_depth(layout: Layout, thread_id: str) -> Operation[int]:
+    depth = yield Command("llen", (layout.queue(check_name("thread_id", thread_id)),))
     return int(depth)

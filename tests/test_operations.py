@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from chat_state import Lock, QueueEntry, SerializationError
+from chat_state import AsyncState, ConfigurationError, Lock, QueueEntry, SerializationError
 from chat_state import operations as ops
 from chat_state._scripts import EXTEND, PUSH, RELEASE
-from chat_state.operations import Command, Keys, Operation, ScriptCall
+from chat_state.operations import Command, Layout, Operation, ScriptCall
 
-KEYS = Keys("p")
+KEYS = Layout("p")
 
 
 def drive(operation: Operation[Any], replies: list[Any]) -> tuple[list[Any], Any]:
@@ -33,8 +33,19 @@ def test_keys_layout() -> None:
     assert KEYS.cache("user:1") == "p:cache:user:1"
     assert KEYS.list("h") == "p:list:h"
     assert KEYS.queue("t") == "p:queue:t"
-    assert Keys().prefix == "chat-sdk"
-    assert Keys("").subscriptions == "chat-sdk:subscriptions"
+    assert Layout().prefix == "chat-sdk"
+    assert Layout("").subscriptions == "chat-sdk:subscriptions"
+
+
+def test_queue_formats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ops, "now_ms", lambda: 0)
+    snake = Layout("p", "chat_sdk")
+    calls, _ = drive(ops.enqueue(snake, "t", QueueEntry(1, 2, "m"), 3), [1])
+    assert calls[0].args[0] == '{"enqueued_at":1,"expires_at":2,"message":"m"}'
+    with pytest.raises(ConfigurationError, match="queue_format must be one of"):
+        Layout("p", "camel")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="queue_format"):
+        AsyncState.from_url("memory://", queue_format="snake")  # type: ignore[arg-type]
 
 
 def test_subscription_commands() -> None:

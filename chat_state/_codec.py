@@ -1,13 +1,19 @@
 """JSON text exactly as the TypeScript adapters write it (``JSON.stringify``).
 
-Compact separators, non-ASCII characters written as themselves, NaN and infinities
-refused. An object with a ``to_json()`` method is written as what it returns, at
-any depth (``JSON.stringify`` does the same with ``toJSON``).
+Compact separators, non-ASCII characters written as themselves, lone surrogates
+escaped (``\\ud800``), small floats in JavaScript's form (``0.00001``, ``1.5e-7``),
+NaN and infinities refused. An object with a ``to_json()`` method is written as
+what it returns, at any depth (``JSON.stringify`` does the same with ``toJSON``).
+
+Two differences remain, both deliberate: an integral float keeps Python's form
+(``1.0``, ``1e+16``), so that Python reads back the float it wrote; and integer-like
+object keys keep their insertion order (JavaScript moves them first).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any, NoReturn
 
@@ -39,12 +45,35 @@ def _refuse_constant(name: str) -> NoReturn:
 _decoder = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
+#: Python pads a negative exponent to two digits; JSON.stringify does not, and writes
+#: 1e-5 and 1e-6 without one. Only such floats differ (the check is cheap).
+_PADDED_EXPONENT = re.compile(r"\de-0\d")
+_STRING_OR_SMALL_FLOAT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?)(\d)(?:\.(\d+))?e-(\d+)')
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _javascript_float(match: re.Match[str]) -> str:
+    sign, digit, fraction, exponent = match.groups()
+    if digit is None:  # a string: left as it is
+        return match.group(0)
+    power = int(exponent)
+    if power <= 6:
+        return f"{sign}0.{'0' * (power - 1)}{digit}{fraction or ''}"
+    return f"{sign}{digit}{'.' + fraction if fraction else ''}e-{power}"
+
+
 def encode(value: object) -> str:
     """Encode ``value`` as compact JSON text, or raise :class:`SerializationError`."""
     try:
-        return _encoder.encode(value)
+        text = _encoder.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(f"value cannot be stored as JSON: {exc}") from None
+    if _PADDED_EXPONENT.search(text):
+        text = _STRING_OR_SMALL_FLOAT.sub(_javascript_float, text)
+    if not text.isascii() and _SURROGATE.search(text):
+        # A lone surrogate has no UTF-8 form; JSON.stringify escapes it.
+        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text
 
 
 def decode(text: str) -> Any:
@@ -53,6 +82,11 @@ def decode(text: str) -> Any:
         return _decoder.decode(text)
     except ValueError:
         return text
+    except RecursionError:
+        raise SerializationError(
+            "stored JSON nests deeper than Python's parser can read "
+            f"(sys.getrecursionlimit() is {sys.getrecursionlimit()})"
+        ) from None
 
 
 def encode_queue_entry(
@@ -77,8 +111,15 @@ def decode_queue_entry(text: str) -> QueueEntry:
     """Parse a stored queue entry, camelCase (TypeScript) or snake_case (``chat_sdk``)."""
     data = decode(text)
     if isinstance(data, dict) and "message" in data:
-        enqueued_at = data.get("enqueuedAt", data.get("enqueued_at"))
-        expires_at = data.get("expiresAt", data.get("expires_at"))
-        if isinstance(enqueued_at, int) and isinstance(expires_at, int):
+        enqueued_at = _milliseconds(data.get("enqueuedAt", data.get("enqueued_at")))
+        expires_at = _milliseconds(data.get("expiresAt", data.get("expires_at")))
+        if enqueued_at is not None and expires_at is not None:
             return QueueEntry(enqueued_at, expires_at, _revive_message(data["message"]))
     raise SerializationError(f"stored queue entry is not a queue entry: {text[:200]!r}")
+
+
+def _milliseconds(value: object) -> int | None:
+    """A stored time: an integer, or a number with a fraction (TypeScript allows one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value)

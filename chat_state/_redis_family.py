@@ -217,10 +217,12 @@ class RedisFamily:
         self._async_retry: Callable[..., Any] = load("asyncio.retry").Retry
         self._backoff: Callable[..., Any] = load("backoff").ExponentialBackoff
         exceptions = load("exceptions")
-        #: Every exception of the library that a command can raise.
+        #: Every exception of the library that a command can raise (an application's
+        #: client that decodes strictly raises UnicodeDecodeError on bytes not UTF-8).
         self.errors: tuple[type[Exception], ...] = (
             getattr(exceptions, base_error),
             getattr(exceptions, cluster_error),
+            UnicodeDecodeError,
         )
         self.noscript_error: type[Exception] = exceptions.NoScriptError
         self._connection_error: type[Exception] = exceptions.ConnectionError
@@ -243,7 +245,8 @@ class RedisFamily:
 
     def _build(self, url: RedisURL, *, asynchronous: bool) -> tuple[Any, list[Any]]:
         """The client for ``url`` and every client to close with it."""
-        kwargs = url.connection_kwargs()
+        # Bytes that are not UTF-8 (a third writer's) read as U+FFFD, as in TypeScript.
+        kwargs = {**url.connection_kwargs(), "encoding_errors": "replace"}
         retry = self._retry(self._async_retry if asynchronous else self._sync_retry)
         if url.topology == "cluster":
             cluster = self.async_cluster if asynchronous else self.sync_cluster

@@ -13,8 +13,8 @@ T = TypeVar("T")
 
 
 def text(reply: Any) -> Any:
-    """``bytes`` decoded as UTF-8; anything else as it is."""
-    return reply.decode() if isinstance(reply, bytes) else reply
+    """``bytes`` decoded as UTF-8 (U+FFFD for what is not, as in TypeScript); else as is."""
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
 
 
 def scrub(message: str, secrets: Sequence[str]) -> str:

@@ -36,6 +36,9 @@ GOLDEN: list[tuple[Any, str]] = [
         '{"msg":{"_type":"chat:Message","id":"m1","text":"héllo","isMention":true}}',
     ),
     (-0.5, "-0.5"),
+    ([1e-05, 0.0000123, 1.5e-07, -2.5e-08, 1e-10], "[0.00001,0.0000123,1.5e-7,-2.5e-8,1e-10]"),
+    ({"text": "not 1e-05 a number"}, '{"text":"not 1e-05 a number"}'),
+    ("lone \ud800 surrogate", '"lone \\ud800 surrogate"'),
     (10**20, "100000000000000000000"),
     # Python keeps a float's ".0" (JSON.stringify(1.0) is "1"): both are the same JSON
     # number to every reader, and Python gets its float back.

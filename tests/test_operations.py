@@ -70,6 +70,11 @@ def test_acquire_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     assert drive(ops.acquire_lock(KEYS, "t", 500), [False])[1] is None
 
 
+def test_json_nested_deeper_than_python_reads_is_our_error() -> None:
+    with pytest.raises(SerializationError, match="nests deeper"):
+        drive(ops.get(KEYS, "k"), ["[" * 5000 + "]" * 5000])
+
+
 def test_tokens_are_unique_and_long() -> None:
     tokens = {ops.new_token() for _ in range(1000)}
     assert len(tokens) == 1000
@@ -144,6 +149,9 @@ def test_queue_commands(monkeypatch: pytest.MonkeyPatch) -> None:
         QueueEntry(1, 2, "m"),
     )
     assert drive(ops.dequeue(KEYS, "t"), [None])[1] is None
+    # TypeScript accepts a fractional time; it is read as whole milliseconds.
+    fractional = '{"enqueuedAt":1.5,"expiresAt":2.0,"message":"m"}'
+    assert drive(ops.dequeue(KEYS, "t"), [fractional])[1] == QueueEntry(1, 2, "m")
     assert drive(ops.queue_depth(KEYS, "t"), [4]) == ([Command("llen", ("p:queue:t",))], 4)
 
 

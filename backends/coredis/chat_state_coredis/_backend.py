@@ -109,7 +109,7 @@ class AsyncCoredisBackend:
             return await fn(*args, **kwargs)
         except coredis.exceptions.NoScriptError as exc:
             raise NoScriptError(str(exc)) from exc
-        except coredis.exceptions.RedisError as exc:
+        except (coredis.exceptions.RedisError, UnicodeDecodeError) as exc:
             raise backend_error("coredis", exc, self._secrets) from exc
 
     async def ping(self) -> None:
@@ -192,6 +192,8 @@ class CoredisFactory:
         """The client for ``url``, and what to enter (and later exit) with it."""
         kwargs = _kwargs(url.connection_kwargs())
         kwargs["retry_policy"] = _retry_policy()
+        # coredis decodes strictly; take bytes, and decode them as TypeScript does (U+FFFD).
+        kwargs["decode_responses"] = False
         if url.topology == "cluster":
             nodes = [Node(host=host, port=port) for host, port in url.hosts]
             cluster = coredis.RedisCluster(startup_nodes=nodes, **kwargs)

@@ -1,0 +1,1 @@
+"""Interop with the TypeScript state adapters (Node.js; see bridge.py)."""

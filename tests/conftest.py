@@ -179,6 +179,9 @@ class Raw:
     def set(self, key: str, value: str) -> None:
         self._target().set(key, value)
 
+    def delete(self, key: str) -> None:
+        self._target().delete(key)
+
     def rpush(self, key: str, value: str) -> None:
         self._target().rpush(key, value)
 

@@ -114,10 +114,11 @@ async def test_force_release_makes_the_old_holder_a_no_op(state: Any, target: Ta
 
 
 async def test_lock_ttl_expires(state: Any) -> None:
-    assert await state.acquire_lock("th", 50) is not None
-    assert await state.acquire_lock("th", 50) is None
-    await anyio.sleep(0.15)
-    assert await state.acquire_lock("th", 50) is not None
+    # TTLs long enough that a loaded CI machine still checks "held" within them.
+    assert await state.acquire_lock("th", 300) is not None
+    assert await state.acquire_lock("th", 300) is None
+    await anyio.sleep(0.4)
+    assert await state.acquire_lock("th", 300) is not None
 
 
 async def test_two_adapters_race_for_one_lock(make_state: Any) -> None:
@@ -184,10 +185,10 @@ async def test_get_returns_raw_text_that_is_not_json(state: Any, target: Target)
 
 
 async def test_set_with_ttl_expires(state: Any, target: Target) -> None:
-    await state.set("k", "v", 60)
-    assert 0 < target.raw.pttl(target.key("cache", "k")) <= 60
+    await state.set("k", "v", 300)
+    assert 0 < target.raw.pttl(target.key("cache", "k")) <= 300
     assert await state.get("k") == "v"
-    await anyio.sleep(0.15)
+    await anyio.sleep(0.4)
     assert await state.get("k") is None
 
 
@@ -203,7 +204,7 @@ async def test_set_if_not_exists(state: Any, target: Target) -> None:
 async def test_set_if_not_exists_on_an_expired_key(state: Any) -> None:
     assert await state.set_if_not_exists("d", 1, 40) is True
     await anyio.sleep(0.12)
-    assert await state.set_if_not_exists("d", 2, 40) is True
+    assert await state.set_if_not_exists("d", 2, 10_000) is True
     assert await state.get("d") == 2
 
 
@@ -451,7 +452,7 @@ async def test_nothing_is_left_behind(state: Any, target: Target) -> None:
     lock = await state.acquire_lock("t", 30_000)
     await state.set("k", 1)
     await state.set_if_not_exists("dedupe:1", True, 600_000)
-    await state.append_to_list("l", 1, ttl_ms=50)
+    await state.append_to_list("l", 1)
     await state.enqueue("t", entry(1), 10)
     assert await all_keys(state) == sorted(
         target.key(*parts)
@@ -469,7 +470,8 @@ async def test_nothing_is_left_behind(state: Any, target: Target) -> None:
     await state.delete("k")
     await state.delete("dedupe:1")
     assert await state.dequeue("t") is not None
-    await anyio.sleep(0.12)  # lists have no delete operation; this one expires
+    assert await all_keys(state) == [target.key("list", "l")]
+    target.raw.delete(target.key("list", "l"))  # the contract has no list delete
     assert await all_keys(state) == []
     assert target.raw.keys(target.prefix) == []
 

@@ -30,6 +30,7 @@ __all__ = ["MemoryStore"]
 _Members = set[str]
 _Value = str | _Members | deque[str]
 _WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+_HEAP_SLACK = 1024
 
 
 def _clock_ms() -> float:
@@ -77,6 +78,11 @@ class MemoryStore:
         deadline = _clock_ms() + ttl_ms
         self._deadlines[key] = deadline
         heapq.heappush(self._heap, (deadline, key))
+        if len(self._heap) > 2 * len(self._deadlines) + _HEAP_SLACK:
+            # Deleted and re-timed keys leave stale entries behind: rebuild from the live
+            # deadlines, so memory follows the live keys, not ops/s x TTL (amortised O(1)).
+            self._heap = [(when, name) for name, when in self._deadlines.items()]
+            heapq.heapify(self._heap)
 
     def _typed(self, key: str, kind: type[Any]) -> Any:
         value = self._live(key)

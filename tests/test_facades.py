@@ -277,6 +277,19 @@ def test_memory_store_is_safe_from_many_threads() -> None:
     state.disconnect()
 
 
+def test_memory_deleted_keys_leave_no_expiry_entries_behind() -> None:
+    """Locks taken and released with a long TTL: the expiry heap follows the live keys."""
+    with State.from_url("memory://") as state:
+        store = state.get_client()
+        for n in range(20_000):
+            lock = state.acquire_lock(f"t{n % 50}", 600_000)
+            assert lock is not None
+            state.release_lock(lock)
+            state.set(f"k{n % 10}", n, 600_000)  # re-timed keys too
+        assert len(store._deadlines) == 10
+        assert len(store._heap) <= 2 * len(store._deadlines) + 1024
+
+
 def test_memory_expired_keys_do_not_accumulate() -> None:
     store = MemoryStore()
     for n in range(1000):

@@ -16,13 +16,12 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import redis
 import redis.cluster
 
-from tests.servers import RedisServer, find_redis_server, free_port
+from tests.servers import Managed, RedisServer, find_redis_server, free_port
 from tests.topologies import slot_ranges
 
 __all__ = ["Pinning", "Servers", "pin_process", "plan_pinning"]
@@ -128,7 +127,7 @@ def _info_text(reply: Any) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-class Servers:
+class Servers(Managed):
     """The run's standalone server and (optionally) its 3-primary cluster.
 
     Usage::
@@ -153,23 +152,12 @@ class Servers:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def __enter__(self) -> Servers:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    @property
+    def started(self) -> bool:
+        """Whether the servers were started."""
+        return self.standalone is not None
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
+    def start(self) -> Servers:
         """Start the standalone server (and the cluster), then pin their threads."""
         self.standalone = RedisServer(binary=self.binary).start()
         if self.want_cluster:
@@ -179,6 +167,7 @@ class Servers:
             for server in self.all_servers():
                 if server.pid is not None:
                     pin_process(server.pid, self.pinning.server_cpu)
+        return self
 
     def stop(self) -> None:
         """Stop every server this object started (only those); safe to call twice."""

@@ -196,7 +196,11 @@ class Managed:
 
     def __enter__(self: _M) -> _M:
         if not self.started:
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                self.stop()  # what did start, before the failure
+                raise
         return self
 
     def __exit__(

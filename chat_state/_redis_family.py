@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from types import ModuleType
 from typing import Any, TypeVar
 
+from . import _mux
 from ._loops import on_asyncio
 from ._replies import anext_or_none, backend_error, glob_escape, scrub, text
 from ._urls import RedisURL, parse_redis_url
@@ -216,6 +217,7 @@ class RedisFamily:
         self._sync_retry: Callable[..., Any] = load("retry").Retry
         self._async_retry: Callable[..., Any] = load("asyncio.retry").Retry
         self._backoff: Callable[..., Any] = load("backoff").ExponentialBackoff
+        self._key_slot: Callable[[bytes], int] = load("crc").key_slot
         exceptions = load("exceptions")
         #: Every exception of the library that a command can raise (an application's
         #: client that decodes strictly raises UnicodeDecodeError on bytes not UTF-8).
@@ -295,8 +297,41 @@ class RedisFamily:
 
     def open_async(self, url: str) -> AsyncRedisLike:
         self.require_asyncio()
+        parsed = parse_redis_url(url)
+        if parsed.auto_pipelining:
+            return _mux.MultiplexedBackend(self.name, self._router(parsed), parsed.secrets)
         client, owned, secrets = self._open(url, asynchronous=True)
         return AsyncRedisBackend(self, client, owned=owned, secrets=secrets)
+
+    def _router(self, url: RedisURL) -> _mux.Standalone | _mux.Cluster:
+        """The multiplexed connections for ``url`` (AsyncState's default)."""
+        tls = None
+        if url.tls:
+            options = {k.removeprefix("ssl_"): v for k, v in url.tls_kwargs().items() if k != "ssl"}
+            try:
+                tls = _mux.ssl_context(**options)
+            except (OSError, ValueError) as exc:
+                detail = scrub(str(exc), url.secrets)
+                raise ConfigurationError(f"cannot set up TLS: {detail}") from None
+
+        def settings(username: str | None, password: str | None, db: int) -> _mux.Settings:
+            return _mux.Settings(
+                url.connect_timeout, url.socket_timeout, username, password, db, tls
+            )
+
+        data = settings(url.username, url.password, url.db)
+        hosts = [_mux.Address(host, port) for host, port in url.hosts]
+        if url.topology == "cluster":
+            return _mux.Cluster(hosts, data, self._key_slot)
+        if url.topology == "sentinel":
+            assert url.service is not None
+            sentinel = url.sentinel_kwargs()
+            return _mux.Sentinel(
+                hosts, url.service, data, settings(sentinel["username"], sentinel["password"], 0)
+            )
+        if url.topology == "unix":
+            return _mux.Standalone(_mux.Address(path=url.path), data)
+        return _mux.Standalone(hosts[0], data)
 
     # -- adopting the application's clients -----------------------------------------------
 

@@ -109,6 +109,7 @@ _OPTIONS: dict[str, tuple[Callable[[str, str], Any], tuple[Topology, ...], bool]
         False,
     ),
     "max_connections": (_positive_int, ("standalone", "unix", "cluster", "sentinel"), False),
+    "auto_pipelining": (_boolean, ("standalone", "unix", "cluster", "sentinel"), False),
     "sentinel_username": (_text, ("sentinel",), False),
     "sentinel_password": (_text, ("sentinel",), False),
     "ssl_ca_certs": (_text, ("standalone", "cluster", "sentinel"), True),
@@ -144,18 +145,34 @@ class RedisURL:
         found = [self.password, self.options.get("sentinel_password")]
         return [s for s in found if s]
 
+    @property
+    def socket_timeout(self) -> float:
+        """Seconds to wait for a reply."""
+        timeout: float = self.options.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
+        return timeout
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds to wait for a connection."""
+        timeout: float = self.options.get("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        return timeout
+
+    @property
+    def auto_pipelining(self) -> bool:
+        """Whether AsyncState multiplexes concurrent commands on one connection per node."""
+        return bool(self.options.get("auto_pipelining", True))
+
     def connection_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the data-node connections (every client class takes them)."""
-        opts = self.options
         kwargs: dict[str, Any] = {
             "username": self.username,
             "password": self.password,
-            "socket_timeout": opts.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT),
-            "socket_connect_timeout": opts.get("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.connect_timeout,
             "decode_responses": True,
         }
-        if "max_connections" in opts:
-            kwargs["max_connections"] = opts["max_connections"]
+        if "max_connections" in self.options:
+            kwargs["max_connections"] = self.options["max_connections"]
         kwargs.update(self.tls_kwargs())
         return kwargs
 
@@ -173,12 +190,11 @@ class RedisURL:
 
     def sentinel_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the connections to the sentinels themselves."""
-        opts = self.options
         return {
-            "username": opts.get("sentinel_username"),
-            "password": opts.get("sentinel_password"),
-            "socket_timeout": opts.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT),
-            "socket_connect_timeout": opts.get("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            "username": self.options.get("sentinel_username"),
+            "password": self.options.get("sentinel_password"),
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.connect_timeout,
             **self.tls_kwargs(),
         }
 

@@ -47,13 +47,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 SERVERS = {"redis-server": find_redis_server, "valkey-server": find_valkey_server}
 TOPOLOGIES = ("standalone", "cluster", "sentinel")
 DRIVERS = {"redis-py": "redis", "valkey-py": "valkey", "coredis": "coredis"}
+#: AsyncState multiplexes commands on one connection per node by default; targets with
+#: this driver run it with that switched off (redis-py's own connection pool).
+POOLED = "redis-py-pooled"
 #: Every place the conformance suite runs: memory, and server x topology x client library.
 SERVER_TARGETS = [
     f"{server}/{topology}/{driver}"
     for server in SERVERS
     for topology in TOPOLOGIES
     for driver in DRIVERS
-]
+] + [f"redis-server/{topology}/{POOLED}" for topology in TOPOLOGIES]
 TARGETS = ["memory", *SERVER_TARGETS]
 
 
@@ -77,7 +80,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         (target, facade, loop)
         for target in targets
         for facade, loop in [("sync", "asyncio"), ("async", "asyncio"), ("async", "trio")]
-        if loop == "asyncio" or runs_on_trio(target)
+        if (loop == "asyncio" or runs_on_trio(target))
+        and not (facade == "sync" and target.endswith(POOLED))  # State has no switch
     ]
     metafunc.parametrize(
         ("target", "facade", "anyio_backend"),
@@ -250,7 +254,9 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
         _unavailable(str(exc))
     # The valkey-py targets use the valkey schemes, the redis-py ones the redis schemes;
     # coredis is chosen with driver=.
-    url = "valkey" + base_url.removeprefix("redis") if DRIVERS[driver] == "valkey" else base_url
+    url = "valkey" + base_url.removeprefix("redis") if driver == "valkey-py" else base_url
+    if driver == POOLED:
+        url += "?auto_pipelining=false"
     client = raw_client(base_url)
     try:
         yield Target(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from .operations import Call, Command, Operation
+from .operations import Command, Operation, ScriptCall
 from .protocols import AsyncRedisLike, NoScriptError, RedisLike
 
 __all__ = ["run_async", "run_sync"]
@@ -17,18 +17,14 @@ __all__ = ["run_async", "run_sync"]
 T = TypeVar("T")
 
 
-def _call_sync(backend: RedisLike, call: Call) -> Any:
-    if isinstance(call, Command):
-        return getattr(backend, call.name)(*call.args)
+def _script_sync(backend: RedisLike, call: ScriptCall) -> Any:
     try:
         return backend.evalsha(call.script.sha, call.keys, call.args)
     except NoScriptError:
         return backend.eval(call.script.source, call.keys, call.args)
 
 
-async def _call_async(backend: AsyncRedisLike, call: Call) -> Any:
-    if isinstance(call, Command):
-        return await getattr(backend, call.name)(*call.args)
+async def _script_async(backend: AsyncRedisLike, call: ScriptCall) -> Any:
     try:
         return await backend.evalsha(call.script.sha, call.keys, call.args)
     except NoScriptError:
@@ -40,7 +36,11 @@ def run_sync(backend: RedisLike, operation: Operation[T]) -> T:
     try:
         call = next(operation)
         while True:
-            call = operation.send(_call_sync(backend, call))
+            if isinstance(call, Command):
+                reply = getattr(backend, call.name)(*call.args)
+            else:
+                reply = _script_sync(backend, call)
+            call = operation.send(reply)
     except StopIteration as done:
         result: T = done.value
         return result
@@ -48,10 +48,16 @@ def run_sync(backend: RedisLike, operation: Operation[T]) -> T:
 
 async def run_async(backend: AsyncRedisLike, operation: Operation[T]) -> T:
     """Drive ``operation`` to completion on an async backend."""
+    # The hot path of AsyncState: a command is awaited here directly, without a frame
+    # of its own.
     try:
         call = next(operation)
         while True:
-            call = operation.send(await _call_async(backend, call))
+            if isinstance(call, Command):
+                reply = await getattr(backend, call.name)(*call.args)
+            else:
+                reply = await _script_async(backend, call)
+            call = operation.send(reply)
     except StopIteration as done:
         result: T = done.value
         return result

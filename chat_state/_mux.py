@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 Arg = str | int
-Args = Sequence[Arg]
+Args = tuple[Arg, ...]
 
 #: Attempts to open a connection before a command fails, and the backoff between them
 #: (the same bounds as the pooled clients' retry policy).
@@ -85,15 +85,11 @@ def backoff(attempt: int) -> float:
     return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
 
 
-def _pack(args: Args) -> bytes:
-    # hiredis's stub types the argument as a one-element tuple; it takes any length.
-    packed: Any
-    try:
-        packed = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
-    except UnicodeEncodeError:  # a lone surrogate: written as "?", as redis-py does
-        safe = tuple(a.encode("utf-8", "replace") if isinstance(a, str) else a for a in args)
-        packed = hiredis.pack_command(safe)  # type: ignore[arg-type]
-    return bytes(packed)
+def _pack_replacing(args: Args) -> bytes:
+    """Pack a command whose text has a lone surrogate: written as "?", as redis-py does."""
+    safe = tuple(a.encode("utf-8", "replace") if isinstance(a, str) else a for a in args)
+    packed: bytes = hiredis.pack_command(safe)  # type: ignore[arg-type]
+    return packed
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -192,7 +188,10 @@ class _Link(asyncio.Protocol):
         if self._failure is not None:
             raise ConnectionLost(self._failure)
         future = self._loop.create_future()
-        self._outbox.append(_pack(args))
+        try:
+            self._outbox.append(hiredis.pack_command(args))  # type: ignore[arg-type]
+        except UnicodeEncodeError:
+            self._outbox.append(_pack_replacing(args))
         self._waiting.append(future)
         if len(self._outbox) == 1:
             self._loop.call_soon(self._flush)
@@ -341,8 +340,11 @@ class Node:
             self._opening.add_done_callback(self._opened)
         return await asyncio.shield(self._opening)
 
-    async def call(self, args: Args) -> Any:
-        """Run one command; an error reply is raised as :class:`ServerError`."""
+    async def call(self, key: str | None, args: Args) -> Any:
+        """Run one command; an error reply is raised as :class:`ServerError`.
+
+        ``key`` is the router's argument (which node); one node ignores it.
+        """
         link = self._link
         if link is None or not link.usable:
             link = await self.link()
@@ -358,7 +360,8 @@ class Node:
         """Every key matching ``pattern``, by SCAN."""
         cursor = "0"
         while True:
-            cursor, keys = await self.call(("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT))
+            command = ("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)
+            cursor, keys = await self.call(None, command)
             for key in keys:
                 yield key
             if cursor == "0":
@@ -381,10 +384,11 @@ class Standalone:
         async def locate() -> Address:
             return address
 
-        self.node = Node(locate, settings)
+        self._use(Node(locate, settings))
 
-    async def call(self, key: str | None, args: Args) -> Any:
-        return await self.node.call(args)
+    def _use(self, node: Node) -> None:
+        self.node = node
+        self.call = node.call  # the node's own method: no frame in between
 
     async def scan(self, pattern: str) -> AsyncIterator[str]:
         async for key in self.node.scan(pattern):
@@ -426,7 +430,7 @@ class Sentinel(Standalone):
             if not isinstance(role, list) or role[:1] != ["master"]:
                 raise ConnectionLost("the server the Sentinels named is not a primary (yet)")
 
-        self.node = Node(locate, settings, check=check)
+        self._use(Node(locate, settings, check=check))
 
 
 class Cluster:
@@ -462,7 +466,7 @@ class Cluster:
         failures: list[str] = []
         for address in dict.fromkeys([*self._nodes, *self._seeds]):
             try:
-                reply = await self._node(address).call(("CLUSTER", "SLOTS"))
+                reply = await self._node(address).call(None, ("CLUSTER", "SLOTS"))
             except (ConnectionLost, ServerError) as exc:
                 failures.append(f"{address}: {_describe(exc)}")
                 continue
@@ -519,7 +523,7 @@ class Cluster:
                     return await self._asking(ask, args)
                 if self._stale:
                     await self._refresh()
-                return await self._node(self._owner(key)).call(args)
+                return await self._node(self._owner(key)).call(key, args)
             except ServerError as exc:
                 kind, _, rest = str(exc).partition(" ")
                 ask = None
@@ -596,55 +600,59 @@ class MultiplexedBackend:
             return NoScriptError(str(exc))
         return backend_error(self._library, exc, self._secrets)
 
-    async def _call(self, key: str | None, *args: Arg) -> Any:
+    async def _call(self, key: str | None, args: tuple[Arg, ...]) -> Any:
         try:
             return await self._router.call(key, args)
         except (ServerError, ConnectionLost) as exc:
             raise self._error(exc) from exc
 
     async def ping(self) -> None:
-        await self._call(None, "PING")
+        await self._call(None, ("PING",))
 
     async def sadd(self, key: str, member: str) -> int:
-        return int(await self._call(key, "SADD", key, member))
+        return int(await self._call(key, ("SADD", key, member)))
 
     async def srem(self, key: str, member: str) -> int:
-        return int(await self._call(key, "SREM", key, member))
+        return int(await self._call(key, ("SREM", key, member)))
 
     async def sismember(self, key: str, member: str) -> bool:
-        return bool(await self._call(key, "SISMEMBER", key, member))
+        return bool(await self._call(key, ("SISMEMBER", key, member)))
 
     async def set(self, key: str, value: str, px: int | None, nx: bool) -> bool:
-        args: list[Arg] = ["SET", key, value]
+        args: tuple[Arg, ...] = ("SET", key, value)
         if px is not None:
-            args += ["PX", px]
+            args += ("PX", px)
         if nx:
-            args.append("NX")
-        return await self._call(key, *args) is not None
+            args += ("NX",)
+        return await self._call(key, args) is not None
 
     async def get(self, key: str) -> str | None:
-        reply: str | None = await self._call(key, "GET", key)
+        reply: str | None = await self._call(key, ("GET", key))
         return reply
 
     async def delete(self, key: str) -> int:
-        return int(await self._call(key, "DEL", key))
+        return int(await self._call(key, ("DEL", key)))
 
     async def lpop(self, key: str) -> str | None:
-        reply: str | None = await self._call(key, "LPOP", key)
+        reply: str | None = await self._call(key, ("LPOP", key))
         return reply
 
     async def llen(self, key: str) -> int:
-        return int(await self._call(key, "LLEN", key))
+        return int(await self._call(key, ("LLEN", key)))
 
     async def lrange(self, key: str, start: int, stop: int) -> list[str]:
-        reply: list[str] = await self._call(key, "LRANGE", key, start, stop)
+        reply: list[str] = await self._call(key, ("LRANGE", key, start, stop))
         return reply
 
     async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return await self._call(keys[0] if keys else None, "EVALSHA", sha, len(keys), *keys, *args)
+        return await self._call(
+            keys[0] if keys else None, ("EVALSHA", sha, len(keys), *keys, *args)
+        )
 
     async def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return await self._call(keys[0] if keys else None, "EVAL", source, len(keys), *keys, *args)
+        return await self._call(
+            keys[0] if keys else None, ("EVAL", source, len(keys), *keys, *args)
+        )
 
     async def scan_prefix(self, prefix: str) -> AsyncIterator[str]:
         try:

@@ -42,6 +42,7 @@ from .protocols import NoScriptError
 
 __all__ = [
     "Address",
+    "BackendBase",
     "Cluster",
     "ConnectFailed",
     "ConnectionLost",
@@ -85,11 +86,26 @@ def backoff(attempt: int) -> float:
     return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
 
 
-def _pack_replacing(args: Args) -> bytes:
-    """Pack a command whose text has a lone surrogate: written as "?", as redis-py does."""
-    safe = tuple(a.encode("utf-8", "replace") if isinstance(a, str) else a for a in args)
-    packed: bytes = hiredis.pack_command(safe)  # type: ignore[arg-type]
+def pack(args: Args) -> bytes:
+    """One command in RESP. A lone surrogate in the text is written as "?", as redis-py does."""
+    # hiredis's stub types the argument as a one-element tuple; it takes any length.
+    try:
+        packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
+    except UnicodeEncodeError:
+        safe = tuple(a.encode("utf-8", "replace") if isinstance(a, str) else a for a in args)
+        packed = hiredis.pack_command(safe)  # type: ignore[arg-type]
     return packed
+
+
+def new_reader() -> hiredis.Reader:
+    """A reply parser: text as ``str`` (U+FFFD for bytes that are not UTF-8, as in
+    TypeScript), error replies as :class:`ServerError` values."""
+    return hiredis.Reader(encoding="utf-8", errors="replace", replyError=ServerError)
+
+
+def connect_delays() -> list[float]:
+    """Seconds to wait before each attempt to open a connection."""
+    return [0.0] + [backoff(attempt) for attempt in range(CONNECT_ATTEMPTS - 1)]
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -144,7 +160,7 @@ class _Link(asyncio.Protocol):
     def __init__(self, timeout: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._timeout = timeout
-        self._reader = hiredis.Reader(encoding="utf-8", errors="replace", replyError=ServerError)
+        self._reader = new_reader()
         self._transport: asyncio.Transport | None = None
         self._pending: deque[tuple[asyncio.Future[Any], float]] = deque()  # written
         self._outbox: list[bytes] = []  # packed, not yet written
@@ -188,10 +204,7 @@ class _Link(asyncio.Protocol):
         if self._failure is not None:
             raise ConnectionLost(self._failure)
         future = self._loop.create_future()
-        try:
-            self._outbox.append(hiredis.pack_command(args))  # type: ignore[arg-type]
-        except UnicodeEncodeError:
-            self._outbox.append(_pack_replacing(args))
+        self._outbox.append(pack(args))
         self._waiting.append(future)
         if len(self._outbox) == 1:
             self._loop.call_soon(self._flush)
@@ -304,9 +317,9 @@ class Node:
 
     async def _open(self) -> _Link:
         last = "timed out"
-        for attempt in range(self._attempts):
-            if attempt:
-                await asyncio.sleep(backoff(attempt - 1))
+        for delay in connect_delays()[: self._attempts]:
+            if delay:
+                await asyncio.sleep(delay)
             try:
                 address = await self._locate()
             except ConnectionLost as exc:
@@ -582,25 +595,43 @@ def ssl_context(
     return context
 
 
-class MultiplexedBackend:
+def set_command(key: str, value: str, px: int | None, nx: bool) -> Args:
+    """SET with its options, as the backends' ``set`` takes them."""
+    args: Args = ("SET", key, value)
+    if px is not None:
+        args += ("PX", px)
+    if nx:
+        args += ("NX",)
+    return args
+
+
+class BackendBase:
+    """What chat-state's own backends (asyncio and blocking) share: errors, secrets."""
+
+    def __init__(self, library: str, secrets: Sequence[str]) -> None:
+        self._library = library
+        self._secrets = tuple(secrets)
+
+    def _error(self, exc: Exception) -> Exception:
+        """Our error for ``exc`` (NOSCRIPT is the drivers' cue to send the source)."""
+        if isinstance(exc, ServerError) and str(exc).startswith("NOSCRIPT"):
+            return NoScriptError(str(exc))
+        return backend_error(self._library, exc, self._secrets)
+
+
+class MultiplexedBackend(BackendBase):
     """:class:`~chat_state.protocols.AsyncRedisLike` over :class:`Standalone`,
     :class:`Sentinel` or :class:`Cluster`, with our errors (secrets scrubbed)."""
 
     def __init__(self, library: str, router: Standalone | Cluster, secrets: Sequence[str]) -> None:
-        self._library = library
+        super().__init__(library, secrets)
         self._router = router
-        self._secrets = tuple(secrets)
 
     @property
     def client(self) -> Standalone | Cluster:
         return self._router
 
-    def _error(self, exc: Exception) -> Exception:
-        if isinstance(exc, ServerError) and str(exc).startswith("NOSCRIPT"):
-            return NoScriptError(str(exc))
-        return backend_error(self._library, exc, self._secrets)
-
-    async def _call(self, key: str | None, args: tuple[Arg, ...]) -> Any:
+    async def _call(self, key: str | None, args: Args) -> Any:
         try:
             return await self._router.call(key, args)
         except (ServerError, ConnectionLost) as exc:
@@ -619,12 +650,7 @@ class MultiplexedBackend:
         return bool(await self._call(key, ("SISMEMBER", key, member)))
 
     async def set(self, key: str, value: str, px: int | None, nx: bool) -> bool:
-        args: tuple[Arg, ...] = ("SET", key, value)
-        if px is not None:
-            args += ("PX", px)
-        if nx:
-            args += ("NX",)
-        return await self._call(key, args) is not None
+        return await self._call(key, set_command(key, value, px, nx)) is not None
 
     async def get(self, key: str) -> str | None:
         reply: str | None = await self._call(key, ("GET", key))

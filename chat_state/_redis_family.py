@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from types import ModuleType
 from typing import Any, TypeVar
 
-from . import _mux
+from . import _blocking, _mux
 from ._loops import on_asyncio
 from ._replies import anext_or_none, backend_error, glob_escape, scrub, text
 from ._urls import RedisURL, parse_redis_url
@@ -284,6 +284,10 @@ class RedisFamily:
         return client, owned, url.secrets
 
     def open_sync(self, url: str) -> RedisLike:
+        parsed = parse_redis_url(url)
+        if parsed.own_connections and parsed.topology in ("standalone", "unix"):
+            node = _blocking.BlockingNode(self._address(parsed), self._settings(parsed))
+            return _blocking.BlockingBackend(self.name, node, parsed.secrets)
         client, owned, secrets = self._open(url, asynchronous=False)
         return SyncRedisBackend(self, client, owned=owned, secrets=secrets)
 
@@ -298,13 +302,14 @@ class RedisFamily:
     def open_async(self, url: str) -> AsyncRedisLike:
         self.require_asyncio()
         parsed = parse_redis_url(url)
-        if parsed.auto_pipelining:
+        if parsed.own_connections:
             return _mux.MultiplexedBackend(self.name, self._router(parsed), parsed.secrets)
         client, owned, secrets = self._open(url, asynchronous=True)
         return AsyncRedisBackend(self, client, owned=owned, secrets=secrets)
 
-    def _router(self, url: RedisURL) -> _mux.Standalone | _mux.Cluster:
-        """The multiplexed connections for ``url`` (AsyncState's default)."""
+    @staticmethod
+    def _settings(url: RedisURL, *, sentinel: bool = False) -> _mux.Settings:
+        """How chat-state's own connections to the data nodes (or the Sentinels) open."""
         tls = None
         if url.tls:
             options = {k.removeprefix("ssl_"): v for k, v in url.tls_kwargs().items() if k != "ssl"}
@@ -313,25 +318,30 @@ class RedisFamily:
             except (OSError, ValueError) as exc:
                 detail = scrub(str(exc), url.secrets)
                 raise ConfigurationError(f"cannot set up TLS: {detail}") from None
+        if sentinel:
+            kwargs = url.sentinel_kwargs()
+            username, password, db = kwargs["username"], kwargs["password"], 0
+        else:
+            username, password, db = url.username, url.password, url.db
+        return _mux.Settings(url.connect_timeout, url.socket_timeout, username, password, db, tls)
 
-        def settings(username: str | None, password: str | None, db: int) -> _mux.Settings:
-            return _mux.Settings(
-                url.connect_timeout, url.socket_timeout, username, password, db, tls
-            )
+    @staticmethod
+    def _address(url: RedisURL) -> _mux.Address:
+        """The one server of a standalone or unix-socket URL."""
+        if url.topology == "unix":
+            return _mux.Address(path=url.path)
+        return _mux.Address(*url.hosts[0])
 
-        data = settings(url.username, url.password, url.db)
+    def _router(self, url: RedisURL) -> _mux.Standalone | _mux.Cluster:
+        """The multiplexed connections for ``url`` (AsyncState's default)."""
         hosts = [_mux.Address(host, port) for host, port in url.hosts]
         if url.topology == "cluster":
-            return _mux.Cluster(hosts, data, self._key_slot)
+            return _mux.Cluster(hosts, self._settings(url), self._key_slot)
         if url.topology == "sentinel":
             assert url.service is not None
-            sentinel = url.sentinel_kwargs()
-            return _mux.Sentinel(
-                hosts, url.service, data, settings(sentinel["username"], sentinel["password"], 0)
-            )
-        if url.topology == "unix":
-            return _mux.Standalone(_mux.Address(path=url.path), data)
-        return _mux.Standalone(hosts[0], data)
+            sentinels = self._settings(url, sentinel=True)
+            return _mux.Sentinel(hosts, url.service, self._settings(url), sentinels)
+        return _mux.Standalone(self._address(url), self._settings(url))
 
     # -- adopting the application's clients -----------------------------------------------
 

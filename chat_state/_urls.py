@@ -109,7 +109,7 @@ _OPTIONS: dict[str, tuple[Callable[[str, str], Any], tuple[Topology, ...], bool]
         False,
     ),
     "max_connections": (_positive_int, ("standalone", "unix", "cluster", "sentinel"), False),
-    "auto_pipelining": (_boolean, ("standalone", "unix", "cluster", "sentinel"), False),
+    "own_connections": (_boolean, ("standalone", "unix", "cluster", "sentinel"), False),
     "sentinel_username": (_text, ("sentinel",), False),
     "sentinel_password": (_text, ("sentinel",), False),
     "ssl_ca_certs": (_text, ("standalone", "cluster", "sentinel"), True),
@@ -158,9 +158,9 @@ class RedisURL:
         return timeout
 
     @property
-    def auto_pipelining(self) -> bool:
-        """Whether AsyncState multiplexes concurrent commands on one connection per node."""
-        return bool(self.options.get("auto_pipelining", True))
+    def own_connections(self) -> bool:
+        """Whether chat-state's own connections are used, not the client library's pool."""
+        return bool(self.options.get("own_connections", True))
 
     def connection_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the data-node connections (every client class takes them)."""

@@ -1,14 +1,18 @@
-"""AsyncState's fast path: concurrent commands multiplexed on one connection per node.
+"""chat-state's own connections: AsyncState's multiplexed ones, State's lean ones.
 
 Each test has a private redis-server, because it pauses (SIGSTOP) or kills it to hold
-commands in flight. The conformance suite runs on this path for every topology; the
-``redis-py-pooled`` targets run it with the switch off.
+commands in flight. The conformance suite runs on these connections everywhere they
+apply; its ``redis-py-pooled`` targets run with them switched off
+(``own_connections=false``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,11 +21,10 @@ import anyio
 import pytest
 import redis
 
-from chat_state import AsyncState, BackendError
+from chat_state import AsyncState, BackendError, State
 
 from .servers import RedisServer
 
-pytestmark = pytest.mark.anyio
 CALLERS = 64
 
 
@@ -54,6 +57,7 @@ def client_ids(server: RedisServer) -> list[int]:
         return sorted(int(c["id"]) for c in probe.client_list() if int(c["id"]) != me)
 
 
+@pytest.mark.anyio
 async def test_concurrent_callers_share_one_connection(server: RedisServer) -> None:
     async with AsyncState.from_url(server.url) as state:
         async with anyio.create_task_group() as group:
@@ -64,9 +68,10 @@ async def test_concurrent_callers_share_one_connection(server: RedisServer) -> N
             assert await state.get(f"k{i}") == {"i": i}
 
 
+@pytest.mark.anyio
 async def test_the_switch_turns_it_off(server: RedisServer) -> None:
-    """``auto_pipelining=false``: the client library's pool, a connection per caller."""
-    async with AsyncState.from_url(server.url + "?auto_pipelining=false") as state:
+    """``own_connections=false``: the client library's pool, a connection per caller."""
+    async with AsyncState.from_url(server.url + "?own_connections=false") as state:
         async with anyio.create_task_group() as group:
             for i in range(CALLERS):
                 group.start_soon(state.set, f"k{i}", {"i": i})
@@ -74,6 +79,7 @@ async def test_the_switch_turns_it_off(server: RedisServer) -> None:
         assert await state.get("k7") == {"i": 7}
 
 
+@pytest.mark.anyio
 async def test_a_cancelled_caller_never_receives_or_shifts_another_callers_reply(
     server: RedisServer,
 ) -> None:
@@ -106,6 +112,7 @@ async def test_a_cancelled_caller_never_receives_or_shifts_another_callers_reply
             assert await state.get(f"k{i}") == {"i": i}
 
 
+@pytest.mark.anyio
 async def test_a_dropped_connection_fails_the_commands_in_flight_and_recovers(
     server: RedisServer,
 ) -> None:
@@ -134,6 +141,7 @@ async def test_a_dropped_connection_fails_the_commands_in_flight_and_recovers(
         assert await state.get("k") == 2
 
 
+@pytest.mark.anyio
 async def test_a_reply_that_never_comes_times_out_and_the_next_command_reconnects(
     server: RedisServer,
 ) -> None:
@@ -146,6 +154,7 @@ async def test_a_reply_that_never_comes_times_out_and_the_next_command_reconnect
         assert client_ids(server) != first
 
 
+@pytest.mark.anyio
 async def test_disconnect_fails_commands_still_in_flight(server: RedisServer) -> None:
     state = AsyncState.from_url(server.url)
     await state.connect()
@@ -165,3 +174,110 @@ async def test_disconnect_fails_commands_still_in_flight(server: RedisServer) ->
     assert [str(exc) for exc in errors] == [
         "redis command failed: ConnectionLost: closed by chat-state"
     ]
+
+
+# -- State ------------------------------------------------------------------------------
+
+
+def in_threads(count: int, work: Any) -> list[BaseException]:
+    """Run ``work(i)`` in ``count`` threads at once; → what they raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        start.wait(timeout=10)
+        try:
+            work(i)
+        except BaseException as exc:  # collected for the test to check
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    return errors
+
+
+def test_state_keeps_a_connection_per_thread_in_use(server: RedisServer) -> None:
+    threads = 8
+    with State.from_url(server.url) as state:
+
+        def work(i: int) -> None:
+            for j in range(50):
+                state.set(f"k{i}", {"i": i, "j": j})
+                assert state.get(f"k{i}") == {"i": i, "j": j}
+
+        assert in_threads(threads, work) == []
+        assert 1 <= len(client_ids(server)) <= threads
+        state.get("k0")  # the connections are reused, not opened again
+        assert len(client_ids(server)) <= threads
+    assert client_ids(server) == []  # disconnect closed them
+
+
+def test_state_switch_uses_the_client_librarys_pool(server: RedisServer) -> None:
+    with State.from_url(server.url + "?own_connections=false") as state:
+        state.set("k", 1)
+        assert type(state._backend.client).__module__ == "redis.client"  # type: ignore[union-attr]
+    with State.from_url(server.url) as state:
+        assert type(state._backend.client).__module__ == "chat_state._blocking"  # type: ignore[union-attr]
+
+
+def test_state_replaces_an_idle_connection_the_server_closed(server: RedisServer) -> None:
+    with State.from_url(server.url) as state:
+        state.set("k", 1)
+        (mine,) = client_ids(server)
+        with redis.Redis.from_url(server.url) as admin:
+            admin.client_kill_filter(_id=mine)
+        assert state.get("k") == 1  # no error: the closed connection is noticed before use
+        assert client_ids(server) != [mine]
+
+
+def test_state_a_dropped_connection_fails_the_command_and_recovers(server: RedisServer) -> None:
+    with State.from_url(server.url) as state:
+        state.set("k", 1)
+        with paused(server):
+            killer = threading.Timer(0.2, server.kill)  # with the command in flight
+            killer.start()
+            with pytest.raises(BackendError, match="connection was closed"):
+                state.get("k")
+            killer.join()
+        with pytest.raises(BackendError, match="cannot connect"):
+            state.get("k")
+        server.restart()
+        state.set("k", 2)
+        assert state.get("k") == 2
+
+
+def test_state_a_reply_that_never_comes_times_out(server: RedisServer) -> None:
+    with State.from_url(server.url + "?socket_timeout=0.3") as state:
+        state.set("k", 1)
+        with paused(server), pytest.raises(BackendError, match=r"no reply within 0\.3 s"):
+            state.get("k")
+        assert state.get("k") == 1
+
+
+def test_state_in_a_forked_child_opens_its_own_connections(server: RedisServer) -> None:
+    with State.from_url(server.url) as state:
+        state.set("k", "parent")
+        (parent,) = client_ids(server)
+        read, write = os.pipe()
+        with warnings.catch_warnings():  # Python 3.12 warns of fork() beside threads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: report what it read, on a connection of its own
+            try:
+                state.set("k", "child")
+                os.write(write, str(client_ids(server)).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            seen_by_child = pipe.read()
+        os.waitpid(pid, 0)
+        child_saw = json.loads(seen_by_child)
+        assert len(child_saw) == 2  # the parent's connection and its own
+        assert parent in child_saw
+        assert state.get("k") == "child"  # and the parent's connection still in step
+        assert parent in client_ids(server)

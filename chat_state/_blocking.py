@@ -1,0 +1,260 @@
+"""Lean blocking connections: State's fast path on a standalone server.
+
+redis-py's blocking client spends more time in Python per command (pool bookkeeping,
+retry and observability wrappers, response callbacks) than the server spends
+running it. :class:`BlockingNode` keeps its own connections to one server, one per
+thread in use (a thread takes an idle one, or opens one, and puts it back): a
+command is packed by hiredis, written with one ``sendall`` and its reply parsed by
+hiredis, with nothing in between.
+
+What holds on this path, as on the asyncio one (:mod:`chat_state._mux`):
+
+* A reply that does not come within the timeout, or a connection that fails, fails
+  the command with :class:`~chat_state._mux.ConnectionLost` (it may have run, so it
+  is never sent again) and that connection is closed; an idle connection that the
+  server closed meanwhile is noticed before it is used, and replaced.
+* Opening a connection is bounded by the connect timeout, and retried a few times
+  with a short backoff; a command that could not be sent fails with
+  :class:`~chat_state._mux.ConnectFailed`.
+* A forked child never uses its parent's connections.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import hiredis
+
+from ._mux import (
+    SCAN_COUNT,
+    Address,
+    Arg,
+    Args,
+    BackendBase,
+    ConnectFailed,
+    ConnectionLost,
+    ServerError,
+    Settings,
+    connect_delays,
+    new_reader,
+    pack,
+    set_command,
+)
+from ._replies import glob_escape
+
+__all__ = ["BlockingBackend", "BlockingNode"]
+
+BUFFER_BYTES = 65536
+
+
+class _Link:
+    """One blocking connection: a command written, then its reply read."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self._sock = sock
+        self._timeout = timeout
+        self._reader = new_reader()
+        self._buffer = bytearray(BUFFER_BYTES)
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+
+    def call(self, args: Args) -> Any:
+        """Send one command and read its reply (a :class:`ServerError` is returned)."""
+        sock, reader, buffer = self._sock, self._reader, self._buffer
+        try:
+            sock.sendall(pack(args))
+            while (reply := reader.gets()) is False:
+                received = sock.recv_into(buffer)
+                if not received:
+                    raise ConnectionLost("the connection was closed")
+                reader.feed(buffer, 0, received)  # type: ignore[arg-type]  # any buffer
+        except TimeoutError:
+            raise ConnectionLost(f"no reply within {self._timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectionLost(f"the connection was closed ({exc})") from None
+        except hiredis.ProtocolError as exc:
+            raise ConnectionLost(f"the server's reply could not be read ({exc})") from None
+        return reply
+
+    def stale(self) -> bool:
+        """Whether the idle connection has something to read: the server closed it."""
+        return bool(self._poll.poll(0))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _connect(address: Address, settings: Settings) -> _Link:
+    """A new, prepared connection (or OSError, ConnectionLost, ServerError)."""
+    if address.path is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(settings.connect_timeout)
+            sock.connect(address.path)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        sock = socket.create_connection(
+            (address.host, address.port), timeout=settings.connect_timeout
+        )
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        if settings.tls is not None:
+            sock = settings.tls.wrap_socket(sock, server_hostname=address.host)
+        sock.settimeout(settings.timeout)
+        link = _Link(sock, settings.timeout)
+        for command in settings.handshake():
+            reply = link.call(command)
+            if isinstance(reply, ServerError):
+                raise reply
+    except BaseException:
+        sock.close()
+        raise
+    return link
+
+
+class BlockingNode:
+    """One server and blocking connections to it, one per thread in use."""
+
+    def __init__(self, address: Address, settings: Settings) -> None:
+        self._address = address
+        self._settings = settings
+        self._idle: list[_Link] = []  # list.pop / append are atomic: no lock needed
+        self._pid = os.getpid()
+        self._closed = False
+        self._lock = threading.Lock()  # only for close()
+
+    def _open(self) -> _Link:
+        last = "timed out"
+        for delay in connect_delays():
+            if delay:
+                time.sleep(delay)
+            try:
+                return _connect(self._address, self._settings)
+            except (OSError, ConnectionLost) as exc:
+                last = str(exc) or type(exc).__name__
+        raise ConnectFailed(f"cannot connect to {self._address}: {last}")
+
+    def _take(self) -> _Link:
+        if self._pid != os.getpid():  # a forked child: the connections are the parent's
+            self._idle, self._pid = [], os.getpid()
+        if self._closed:
+            raise ConnectFailed("the connection was closed by chat-state")
+        while True:
+            try:
+                link = self._idle.pop()
+            except IndexError:
+                return self._open()
+            if not link.stale():
+                return link
+            link.close()
+
+    def call(self, key: str | None, args: Args) -> Any:
+        """Run one command; an error reply is raised as :class:`ServerError`.
+
+        ``key`` says which node in a cluster; one server ignores it.
+        """
+        link = self._take()
+        try:
+            reply = link.call(args)
+        except BaseException:  # a timeout, a failure or an interrupt: the stream is lost
+            link.close()
+            raise
+        with self._lock:
+            if self._closed:
+                link.close()
+            else:
+                self._idle.append(link)
+        if isinstance(reply, ServerError):
+            raise reply
+        return reply
+
+    def scan(self, pattern: str) -> Iterator[str]:
+        """Every key matching ``pattern``, by SCAN."""
+        cursor = "0"
+        while True:
+            cursor, keys = self.call(None, ("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT))
+            yield from keys
+            if cursor == "0":
+                return
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for link in idle:
+            link.close()
+
+
+class BlockingBackend(BackendBase):
+    """:class:`~chat_state.protocols.RedisLike` over a :class:`BlockingNode`, with our
+    errors (secrets scrubbed)."""
+
+    def __init__(self, library: str, node: BlockingNode, secrets: Sequence[str]) -> None:
+        super().__init__(library, secrets)
+        self._node = node
+
+    @property
+    def client(self) -> BlockingNode:
+        return self._node
+
+    def _call(self, key: str | None, args: Args) -> Any:
+        try:
+            return self._node.call(key, args)
+        except (ServerError, ConnectionLost) as exc:
+            raise self._error(exc) from exc
+
+    def ping(self) -> None:
+        self._call(None, ("PING",))
+
+    def sadd(self, key: str, member: str) -> int:
+        return int(self._call(key, ("SADD", key, member)))
+
+    def srem(self, key: str, member: str) -> int:
+        return int(self._call(key, ("SREM", key, member)))
+
+    def sismember(self, key: str, member: str) -> bool:
+        return bool(self._call(key, ("SISMEMBER", key, member)))
+
+    def set(self, key: str, value: str, px: int | None, nx: bool) -> bool:
+        return self._call(key, set_command(key, value, px, nx)) is not None
+
+    def get(self, key: str) -> str | None:
+        reply: str | None = self._call(key, ("GET", key))
+        return reply
+
+    def delete(self, key: str) -> int:
+        return int(self._call(key, ("DEL", key)))
+
+    def lpop(self, key: str) -> str | None:
+        reply: str | None = self._call(key, ("LPOP", key))
+        return reply
+
+    def llen(self, key: str) -> int:
+        return int(self._call(key, ("LLEN", key)))
+
+    def lrange(self, key: str, start: int, stop: int) -> list[str]:
+        reply: list[str] = self._call(key, ("LRANGE", key, start, stop))
+        return reply
+
+    def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        return self._call(keys[0] if keys else None, ("EVALSHA", sha, len(keys), *keys, *args))
+
+    def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        return self._call(keys[0] if keys else None, ("EVAL", source, len(keys), *keys, *args))
+
+    def scan_prefix(self, prefix: str) -> Iterator[str]:
+        try:
+            yield from self._node.scan(glob_escape(prefix) + "*")
+        except (ServerError, ConnectionLost) as exc:
+            raise self._error(exc) from exc
+
+    def close(self) -> None:
+        self._node.close()

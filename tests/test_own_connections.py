@@ -50,6 +50,14 @@ def resume(server: RedisServer) -> None:
         os.kill(server.pid, signal.SIGCONT)
 
 
+async def get_recording(state: AsyncState, errors: list[BackendError]) -> None:
+    """``state.get("k")``, its BackendError (if any) appended to ``errors``."""
+    try:
+        await state.get("k")
+    except BackendError as exc:
+        errors.append(exc)
+
+
 def client_ids(server: RedisServer) -> list[int]:
     """The ids of the server's clients, but for the one asking."""
     with redis.Redis.from_url(server.url) as probe:
@@ -119,17 +127,10 @@ async def test_a_dropped_connection_fails_the_commands_in_flight_and_recovers(
     async with AsyncState.from_url(server.url) as state:
         await state.set("k", 1)
         errors: list[BackendError] = []
-
-        async def get() -> None:
-            try:
-                await state.get("k")
-            except BackendError as exc:
-                errors.append(exc)
-
         with paused(server):
             async with anyio.create_task_group() as group:
                 for _ in range(CALLERS):
-                    group.start_soon(get)
+                    group.start_soon(get_recording, state, errors)
                 await anyio.sleep(0.2)
                 server.kill()  # with every command in flight
         assert len(errors) == CALLERS
@@ -159,16 +160,9 @@ async def test_disconnect_fails_commands_still_in_flight(server: RedisServer) ->
     state = AsyncState.from_url(server.url)
     await state.connect()
     errors: list[BackendError] = []
-
-    async def get() -> None:
-        try:
-            await state.get("k")
-        except BackendError as exc:
-            errors.append(exc)
-
     with paused(server):
         async with anyio.create_task_group() as group:
-            group.start_soon(get)
+            group.start_soon(get_recording, state, errors)
             await anyio.sleep(0.1)
             await state.disconnect()
     assert [str(exc) for exc in errors] == [

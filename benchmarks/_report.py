@@ -21,6 +21,8 @@ _Key = tuple[str, str, int]
 #: (JSON name, column header, numerator subject, denominator subject, c64 rows only)
 RATIOS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("async_vs_ts_ioredis", "AS/iored", "async-standalone", "ts-ioredis", False),
+    ("async_uvloop_vs_ts_ioredis", "ASuv/ior", "async-uvloop", "ts-ioredis", False),
+    ("sync_vs_ts_ioredis", "S/iored", "sync-standalone", "ts-ioredis", False),
     ("sync_time_ratio_vs_redispy", "rpy/S t", "redispy-sync", "sync-standalone", False),
     ("async_time_ratio_vs_redispy", "rpy/AS t", "redispy-async", "async-standalone", False),
     ("async_cluster_vs_standalone", "AS cl/sa", "async-cluster", "async-standalone", True),
@@ -105,6 +107,9 @@ def render_table(
         legend = {
             "async_vs_ts_ioredis": "AS/iored  = AsyncState standalone ÷ TS state-ioredis "
             "(throughput; >1 = chat-state faster)",
+            "async_uvloop_vs_ts_ioredis": "ASuv/ior  = AsyncState standalone on uvloop ÷ "
+            "TS state-ioredis (throughput)",
+            "sync_vs_ts_ioredis": "S/iored   = State standalone ÷ TS state-ioredis (throughput)",
             "sync_time_ratio_vs_redispy": "rpy/S t   = raw redis-py sync ÷ State standalone "
             f"(time ratio; goal ≤ {GOAL_TIME_RATIO:.2f}, * = above it)",
             "async_time_ratio_vs_redispy": "rpy/AS t  = raw redis-py asyncio ÷ AsyncState "

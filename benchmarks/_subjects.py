@@ -48,6 +48,7 @@ class Subject:
     kind: Kind
     backend: Backend
     library: Library
+    loop: Literal["asyncio", "uvloop"] = "asyncio"  # async subjects' event loop
 
 
 _SA = "standalone redis-server"
@@ -69,6 +70,15 @@ SUBJECTS: tuple[Subject, ...] = (
         "async",
         "standalone",
         "chat-state",
+    ),
+    Subject(
+        "async-uvloop",
+        "AS uvl",
+        f"chat-state AsyncState on uvloop, {_SA}",
+        "async",
+        "standalone",
+        "chat-state",
+        "uvloop",
     ),
     Subject(
         "async-cluster",
@@ -235,6 +245,10 @@ def run_async_subject(
                 cells.append(await measure_async(op, concurrency, timing, cell))
         return cells
 
+    if subject.loop == "uvloop":
+        import uvloop  # noqa: PLC0415  (a dev dependency; only this subject needs it)
+
+        return uvloop.run(main())
     return asyncio.run(main())
 
 

@@ -34,6 +34,17 @@ def server() -> Iterator[RedisServer]:
         yield started
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("asyncio", id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """AsyncState's connections on asyncio's own loop and on uvloop's."""
+    return request.param
+
+
 @contextmanager
 def paused(server: RedisServer) -> Iterator[None]:
     """The server stopped (SIGSTOP): it accepts bytes but answers nothing until resumed."""

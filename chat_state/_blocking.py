@@ -1,4 +1,4 @@
-"""Lean blocking connections: State's fast path on a standalone server.
+"""Lean blocking connections: State's own connections.
 
 redis-py's blocking client spends more time in Python per command (pool bookkeeping,
 retry and observability wrappers, response callbacks) than the server spends
@@ -17,6 +17,9 @@ What holds on this path, as on the asyncio one (:mod:`chat_state._mux`):
   with a short backoff; a command that could not be sent fails with
   :class:`~chat_state._mux.ConnectFailed`.
 * A forked child never uses its parent's connections.
+
+:class:`BlockingNode` serves one server; :class:`BlockingRouted` a Sentinel group or
+a Cluster, running the same routes (:mod:`chat_state._routes`) as AsyncState.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import hiredis
 
-from ._mux import (
+from ._replies import glob_escape
+from ._routes import Pause, Route, Routes, Send
+from ._wire import (
+    CONNECT_ATTEMPTS,
     SCAN_COUNT,
     Address,
     Arg,
@@ -39,6 +45,7 @@ from ._mux import (
     BackendBase,
     ConnectFailed,
     ConnectionLost,
+    LibraryClient,
     ServerError,
     Settings,
     connect_delays,
@@ -46,9 +53,10 @@ from ._mux import (
     pack,
     set_command,
 )
-from ._replies import glob_escape
 
-__all__ = ["BlockingBackend", "BlockingNode"]
+__all__ = ["BlockingBackend", "BlockingNode", "BlockingRouted"]
+
+T = TypeVar("T")
 
 BUFFER_BYTES = 65536
 
@@ -64,16 +72,18 @@ class _Link:
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
 
-    def call(self, args: Args) -> Any:
-        """Send one command and read its reply (a :class:`ServerError` is returned)."""
+    def call(self, commands: tuple[Args, ...]) -> Any:
+        """Send ``commands`` in one write and read their replies; → the last one (a
+        :class:`ServerError` is returned, not raised)."""
         sock, reader, buffer = self._sock, self._reader, self._buffer
         try:
-            sock.sendall(pack(args))
-            while (reply := reader.gets()) is False:
-                received = sock.recv_into(buffer)
-                if not received:
-                    raise ConnectionLost("the connection was closed")
-                reader.feed(buffer, 0, received)  # type: ignore[arg-type]  # any buffer
+            sock.sendall(b"".join([pack(args) for args in commands]))
+            for _ in commands:
+                while (reply := reader.gets()) is False:
+                    received = sock.recv_into(buffer)
+                    if not received:
+                        raise ConnectionLost("the connection was closed")
+                    reader.feed(buffer, 0, received)  # type: ignore[arg-type]  # any buffer
         except TimeoutError:
             raise ConnectionLost(f"no reply within {self._timeout:g} s") from None
         except OSError as exc:
@@ -110,10 +120,7 @@ def _connect(address: Address, settings: Settings) -> _Link:
             sock = settings.tls.wrap_socket(sock, server_hostname=address.host)
         sock.settimeout(settings.timeout)
         link = _Link(sock, settings.timeout)
-        for command in settings.handshake():
-            reply = link.call(command)
-            if isinstance(reply, ServerError):
-                raise reply
+        settings.check([link.call((command,)) for command in settings.handshake()])
     except BaseException:
         sock.close()
         raise
@@ -123,9 +130,12 @@ def _connect(address: Address, settings: Settings) -> _Link:
 class BlockingNode:
     """One server and blocking connections to it, one per thread in use."""
 
-    def __init__(self, address: Address, settings: Settings) -> None:
+    def __init__(
+        self, address: Address, settings: Settings, *, attempts: int = CONNECT_ATTEMPTS
+    ) -> None:
         self._address = address
         self._settings = settings
+        self._attempts = attempts
         self._idle: list[_Link] = []  # list.pop / append are atomic: no lock needed
         self._pid = os.getpid()
         self._closed = False
@@ -133,7 +143,7 @@ class BlockingNode:
 
     def _open(self) -> _Link:
         last = "timed out"
-        for delay in connect_delays():
+        for delay in connect_delays()[: self._attempts]:
             if delay:
                 time.sleep(delay)
             try:
@@ -159,11 +169,19 @@ class BlockingNode:
     def call(self, key: str | None, args: Args) -> Any:
         """Run one command; an error reply is raised as :class:`ServerError`.
 
-        ``key`` says which node in a cluster; one server ignores it.
+        ``key`` is the router's argument (which node); one node ignores it.
         """
+        return self._run((args,))
+
+    def asking(self, args: Args) -> Any:
+        """``args`` right after ASKING, in the same write (a Cluster slot being imported)."""
+        return self._run((("ASKING",), args))
+
+    def _run(self, commands: tuple[Args, ...]) -> Any:
+        """Write ``commands`` at once; → the last one's reply."""
         link = self._take()
         try:
-            reply = link.call(args)
+            reply = link.call(commands)
         except BaseException:  # a timeout, a failure or an interrupt: the stream is lost
             link.close()
             raise
@@ -193,17 +211,90 @@ class BlockingNode:
             link.close()
 
 
+class BlockingRouted:
+    """A Sentinel group or a Cluster: its routes run on a :class:`BlockingNode` per server."""
+
+    def __init__(self, routes: Routes, settings: Settings, sentinel_settings: Settings) -> None:
+        self._routes = routes
+        self._settings = {False: settings, True: sentinel_settings}
+        self._nodes: dict[tuple[Address, bool], BlockingNode] = {}
+        self._version = routes.version
+        self._lock = threading.Lock()  # for the table of nodes
+
+    def _node(self, address: Address, sentinel: bool = False) -> BlockingNode:
+        node = self._nodes.get((address, sentinel))
+        if node is None:
+            with self._lock:
+                node = self._nodes.get((address, sentinel))
+                if node is None:
+                    node = BlockingNode(address, self._settings[sentinel], attempts=1)
+                    self._nodes[address, sentinel] = node
+        return node
+
+    def _send(self, send: Send) -> Any:
+        node = self._node(send.address, send.sentinel)
+        return node.asking(send.args) if send.asking else node.call(None, send.args)
+
+    def _drive(self, route: Route[T]) -> T:
+        try:
+            step = next(route)
+            while True:
+                try:
+                    if isinstance(step, Pause):
+                        time.sleep(step.seconds)
+                        reply = None
+                    else:
+                        reply = self._send(step)
+                except (ServerError, ConnectionLost) as exc:
+                    step = route.throw(exc)
+                else:
+                    step = route.send(reply)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        finally:
+            if self._routes.version != self._version:
+                self._prune()
+
+    def _prune(self) -> None:
+        """Close the connections to data nodes the routes no longer use."""
+        with self._lock:
+            self._version = self._routes.version
+            used = set(self._routes.primaries())
+            gone = [key for key in self._nodes if not key[1] and key[0] not in used]
+            nodes = [self._nodes.pop(key) for key in gone]
+        for node in nodes:
+            node.close()
+
+    def call(self, key: str | None, args: Args) -> Any:
+        return self._drive(self._routes.call(key, args))
+
+    def scan(self, pattern: str) -> Iterator[str]:
+        self._drive(self._routes.ready())
+        for address in self._routes.primaries():
+            yield from self._node(address).scan(pattern)
+
+    def close(self) -> None:
+        with self._lock:
+            nodes = list(self._nodes.values())
+            self._nodes.clear()
+        for node in nodes:
+            node.close()
+
+
 class BlockingBackend(BackendBase):
     """:class:`~chat_state.protocols.RedisLike` over a :class:`BlockingNode`, with our
     errors (secrets scrubbed)."""
 
-    def __init__(self, library: str, node: BlockingNode, secrets: Sequence[str]) -> None:
-        super().__init__(library, secrets)
+    def __init__(
+        self,
+        library: str,
+        node: BlockingNode | BlockingRouted,
+        secrets: Sequence[str],
+        library_client: LibraryClient,
+    ) -> None:
+        super().__init__(library, secrets, library_client)
         self._node = node
-
-    @property
-    def client(self) -> BlockingNode:
-        return self._node
 
     def _call(self, key: str | None, args: Args) -> Any:
         try:
@@ -258,3 +349,5 @@ class BlockingBackend(BackendBase):
 
     def close(self) -> None:
         self._node.close()
+        for client in self._made_clients():
+            client.close()

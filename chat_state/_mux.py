@@ -1,4 +1,4 @@
-"""Concurrent commands on one connection per server: AsyncState's fast path.
+"""Concurrent commands on one connection per server: AsyncState's own connections.
 
 redis-py's and valkey-py's asyncio clients take a pooled connection for each command
 in flight, so 64 concurrent callers mean 64 sockets, 64 writes and 64 reads, and the
@@ -19,139 +19,50 @@ What holds on this path:
   with a short backoff; a command that could not be sent fails with
   :class:`ConnectFailed`.
 
-:class:`Standalone` serves one server (TCP, TLS or a unix socket), :class:`Sentinel`
-the primary that the Sentinels name (found again after a failover), and
-:class:`Cluster` a Redis Cluster (one node per primary, slots from ``CLUSTER SLOTS``,
-``MOVED``/``ASK``/``TRYAGAIN`` followed).
+:class:`Standalone` serves one server (TCP, TLS or a unix socket); :class:`Routed` a
+Sentinel group or a Cluster, running the routes of :mod:`chat_state._routes` (which
+the blocking connections of :mod:`chat_state._blocking` run too).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar, cast
 
 import anyio
 import hiredis
 
-from ._replies import backend_error, glob_escape
-from .protocols import NoScriptError
+from ._replies import glob_escape
+from ._routes import Pause, Route, Routes, Send
+from ._wire import (
+    CONNECT_ATTEMPTS,
+    SCAN_COUNT,
+    Address,
+    Arg,
+    Args,
+    BackendBase,
+    ConnectFailed,
+    ConnectionLost,
+    LibraryClient,
+    ServerError,
+    Settings,
+    connect_delays,
+    new_reader,
+    pack,
+    set_command,
+)
 
-__all__ = [
-    "Address",
-    "BackendBase",
-    "Cluster",
-    "ConnectFailed",
-    "ConnectionLost",
-    "MultiplexedBackend",
-    "Node",
-    "Sentinel",
-    "ServerError",
-    "Settings",
-    "Standalone",
-]
+__all__ = ["MultiplexedBackend", "Node", "Routed", "Standalone"]
 
-Arg = str | int
-Args = tuple[Arg, ...]
-
-#: Attempts to open a connection before a command fails, and the backoff between them
-#: (the same bounds as the pooled clients' retry policy).
-CONNECT_ATTEMPTS = 4
-BACKOFF_BASE_S = 0.025
-BACKOFF_CAP_S = 0.25
-#: Redirections and retries of one Cluster command (MOVED, ASK, TRYAGAIN, a node
-#: that could not be reached) before it fails.
-CLUSTER_ATTEMPTS = 16
-SLOTS = 16384
-SCAN_COUNT = 1000
-
-
-class ConnectionLost(Exception):
-    """The connection failed while the command was in flight (it may have run)."""
-
-
-class ConnectFailed(ConnectionLost):
-    """No connection could be opened, so the command was never sent."""
-
-
-class ServerError(Exception):
-    """The server answered a command with an error reply (hiredis builds these)."""
-
-
-def backoff(attempt: int) -> float:
-    """Seconds to wait before retry number ``attempt`` (0-based): exponential, capped."""
-    return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
-
-
-def pack(args: Args) -> bytes:
-    """One command in RESP. A lone surrogate in the text is written as "?", as redis-py does."""
-    # hiredis's stub types the argument as a one-element tuple; it takes any length.
-    try:
-        packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
-    except UnicodeEncodeError:
-        safe = tuple(a.encode("utf-8", "replace") if isinstance(a, str) else a for a in args)
-        packed = hiredis.pack_command(safe)  # type: ignore[arg-type]
-    return packed
-
-
-def new_reader() -> hiredis.Reader:
-    """A reply parser: text as ``str`` (U+FFFD for bytes that are not UTF-8, as in
-    TypeScript), error replies as :class:`ServerError` values."""
-    return hiredis.Reader(encoding="utf-8", errors="replace", replyError=ServerError)
-
-
-def connect_delays() -> list[float]:
-    """Seconds to wait before each attempt to open a connection."""
-    return [0.0] + [backoff(attempt) for attempt in range(CONNECT_ATTEMPTS - 1)]
+T = TypeVar("T")
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark a future's exception as seen (for futures whose reply nobody awaits)."""
     if not future.cancelled():
         future.exception()
-
-
-@dataclass(frozen=True)
-class Address:
-    """Where a server listens: ``host`` and ``port``, or a unix socket ``path``."""
-
-    host: str = ""
-    port: int = 0
-    path: str | None = None
-
-    def __str__(self) -> str:
-        return self.path if self.path is not None else f"{self.host}:{self.port}"
-
-    @classmethod
-    def parse(cls, text: str) -> Address:
-        """``host:port`` (as in a MOVED reply) → an address."""
-        host, _, port = text.rpartition(":")
-        return cls(host.strip("[]"), int(port))
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How to open and use a connection to a data node."""
-
-    connect_timeout: float
-    timeout: float
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    db: int = 0
-    tls: ssl.SSLContext | None = None
-
-    def handshake(self) -> list[tuple[Arg, ...]]:
-        """The commands that prepare a new connection."""
-        commands: list[tuple[Arg, ...]] = []
-        if self.password is not None:
-            user = () if self.username is None else (self.username,)
-            commands.append(("AUTH", *user, self.password))
-        if self.db:
-            commands.append(("SELECT", self.db))
-        return commands
 
 
 class _Link(asyncio.Protocol):
@@ -254,12 +165,8 @@ class _Link(asyncio.Protocol):
                 future.set_exception(ConnectionLost(self._failure))
 
 
-async def _open_link(
-    address: Address,
-    settings: Settings,
-    check: Callable[[_Link], Awaitable[None]] | None = None,
-) -> _Link:
-    """A new, prepared and checked connection (or OSError, TimeoutError, ConnectionLost...)."""
+async def _open_link(address: Address, settings: Settings) -> _Link:
+    """A new, prepared connection (or OSError, TimeoutError, ConnectionLost, ServerError)."""
     loop = asyncio.get_running_loop()
     link = _Link(settings.timeout)
     try:
@@ -274,12 +181,8 @@ async def _open_link(
                     ssl=settings.tls,
                     server_hostname=address.host if settings.tls else None,
                 )
-        for future in [link.send(command) for command in settings.handshake()]:
-            reply = await future
-            if isinstance(reply, ServerError):
-                raise reply
-        if check is not None:
-            await check(link)
+        futures = [link.send(command) for command in settings.handshake()]
+        settings.check([await future for future in futures])
     except BaseException:
         link.fail("the connection could not be prepared")
         raise
@@ -295,22 +198,16 @@ def _describe(exc: BaseException) -> str:
 class Node:
     """One server and the connection to it, opened again whenever it has failed.
 
-    ``locate`` says where the server is now (a Sentinel asks the Sentinels);
-    ``check`` runs on each new connection (a Sentinel's primary must still be one).
+    ``attempts``: how many times to try to open a connection before a command fails
+    with :class:`ConnectFailed` (a router that retries itself asks for one).
     """
 
     def __init__(
-        self,
-        locate: Callable[[], Awaitable[Address]],
-        settings: Settings,
-        *,
-        attempts: int = CONNECT_ATTEMPTS,
-        check: Callable[[_Link], Awaitable[None]] | None = None,
+        self, address: Address, settings: Settings, *, attempts: int = CONNECT_ATTEMPTS
     ) -> None:
-        self._locate = locate
+        self._address = address
         self._settings = settings
         self._attempts = attempts
-        self._check = check
         self._link: _Link | None = None
         self._opening: asyncio.Future[_Link] | None = None
         self._closed = False
@@ -321,21 +218,16 @@ class Node:
             if delay:
                 await asyncio.sleep(delay)
             try:
-                address = await self._locate()
-            except ConnectionLost as exc:
-                last = str(exc)
-                continue
-            try:
-                link = await _open_link(address, self._settings, self._check)
+                link = await _open_link(self._address, self._settings)
             except (OSError, TimeoutError, ConnectionLost) as exc:
-                last = f"{address}: {_describe(exc)}"
+                last = _describe(exc)
                 continue
             if self._closed:
                 link.fail("closed by chat-state")
                 raise ConnectFailed("the connection was closed by chat-state")
             self._link = link
             return link
-        raise ConnectFailed(f"cannot connect to {last}")
+        raise ConnectFailed(f"cannot connect to {self._address}: {last}")
 
     def _opened(self, future: asyncio.Future[_Link]) -> None:
         self._opening = None
@@ -363,9 +255,15 @@ class Node:
             link = await self.link()
         reply = await link.send(args)
         if isinstance(reply, ServerError):
-            if str(reply).startswith("READONLY"):
-                # A primary that became a replica: find the primary again next time.
-                link.fail("the server is a replica now")
+            raise reply
+        return reply
+
+    async def asking(self, args: Args) -> Any:
+        """``args`` right after ASKING, in the same write (a Cluster slot being imported)."""
+        link = await self.link()
+        link.send(("ASKING",)).add_done_callback(_retrieve)
+        reply = await link.send(args)
+        if isinstance(reply, ServerError):
             raise reply
         return reply
 
@@ -380,190 +278,95 @@ class Node:
             if cursor == "0":
                 return
 
-    async def aclose(self) -> None:
-        """Close the connection, waiting (briefly) until it is gone."""
+    def close(self) -> _Link | None:
+        """Start closing the connection (→ it, to wait for); later commands fail."""
         self._closed = True
         link, self._link = self._link, None
-        if link is not None and link.usable:
-            link.fail("closed by chat-state", graceful=True)
+        if link is None or not link.usable:
+            return None
+        link.fail("closed by chat-state", graceful=True)
+        return link
+
+    async def aclose(self) -> None:
+        """Close the connection, waiting (briefly) until it is gone."""
+        link = self.close()
+        if link is not None:
             with anyio.move_on_after(self._settings.connect_timeout):
                 await asyncio.shield(link.closed)
 
 
 class Standalone:
-    """One server at a fixed address."""
+    """One server at a fixed address: its node's ``call`` is the router's."""
 
     def __init__(self, address: Address, settings: Settings) -> None:
-        async def locate() -> Address:
-            return address
+        self.node = Node(address, settings)
+        self.call = self.node.call  # no frame in between
 
-        self._use(Node(locate, settings))
-
-    def _use(self, node: Node) -> None:
-        self.node = node
-        self.call = node.call  # the node's own method: no frame in between
-
-    async def scan(self, pattern: str) -> AsyncIterator[str]:
-        async for key in self.node.scan(pattern):
-            yield key
+    def scan(self, pattern: str) -> AsyncIterator[str]:
+        return self.node.scan(pattern)
 
     async def aclose(self) -> None:
         await self.node.aclose()
 
 
-class Sentinel(Standalone):
-    """The primary of ``service`` as the Sentinels name it, checked by ROLE on connect."""
+class Routed:
+    """A Sentinel group or a Cluster: its routes (:mod:`chat_state._routes`) run on a
+    :class:`Node` per server."""
 
-    def __init__(
-        self,
-        sentinels: Sequence[Address],
-        service: str,
-        settings: Settings,
-        sentinel_settings: Settings,
-    ) -> None:
-        async def locate() -> Address:
-            failures: list[str] = []
-            for address in sentinels:
-                try:
-                    link = await _open_link(address, sentinel_settings)
-                except (OSError, TimeoutError, ConnectionLost, ServerError) as exc:
-                    failures.append(f"{address}: {_describe(exc)}")
-                    continue
-                try:
-                    reply = await link.send(("SENTINEL", "GET-MASTER-ADDR-BY-NAME", service))
-                finally:
-                    link.fail("closed by chat-state")
-                if isinstance(reply, list) and len(reply) == 2:
-                    return Address(reply[0], int(reply[1]))
-                failures.append(f"{address}: {reply or f'no primary named {service!r}'}")
-            raise ConnectionLost("no Sentinel named a primary (" + "; ".join(failures) + ")")
+    def __init__(self, routes: Routes, settings: Settings, sentinel_settings: Settings) -> None:
+        self._routes = routes
+        self._settings = {False: settings, True: sentinel_settings}
+        self._nodes: dict[tuple[Address, bool], Node] = {}
+        self._version = routes.version
 
-        async def check(link: _Link) -> None:
-            role = await link.send(("ROLE",))
-            if not isinstance(role, list) or role[:1] != ["master"]:
-                raise ConnectionLost("the server the Sentinels named is not a primary (yet)")
-
-        self._use(Node(locate, settings, check=check))
-
-
-class Cluster:
-    """A Redis Cluster: one :class:`Node` per primary, commands routed by key slot."""
-
-    def __init__(
-        self,
-        seeds: Sequence[Address],
-        settings: Settings,
-        key_slot: Callable[[bytes], int],
-    ) -> None:
-        self._seeds = list(seeds)
-        self._settings = settings
-        self._key_slot = key_slot
-        self._nodes: dict[Address, Node] = {}
-        self._slots: list[Address | None] = [None] * SLOTS
-        self._stale = True
-        self._refreshing: asyncio.Future[None] | None = None
-
-    def _node(self, address: Address) -> Node:
-        node = self._nodes.get(address)
+    def _node(self, address: Address, sentinel: bool = False) -> Node:
+        node = self._nodes.get((address, sentinel))
         if node is None:
-
-            async def locate() -> Address:
-                return address
-
-            node = self._nodes[address] = Node(locate, self._settings, attempts=1)
+            node = Node(address, self._settings[sentinel], attempts=1)
+            self._nodes[address, sentinel] = node
         return node
 
-    # -- the slot table -----------------------------------------------------------------
+    async def _send(self, send: Send) -> Any:
+        node = self._node(send.address, send.sentinel)
+        if send.asking:
+            return await node.asking(send.args)
+        return await node.call(None, send.args)
 
-    async def _load_slots(self) -> None:
-        failures: list[str] = []
-        for address in dict.fromkeys([*self._nodes, *self._seeds]):
-            try:
-                reply = await self._node(address).call(None, ("CLUSTER", "SLOTS"))
-            except (ConnectionLost, ServerError) as exc:
-                failures.append(f"{address}: {_describe(exc)}")
-                continue
-            slots: list[Address | None] = [None] * SLOTS
-            for start, end, primary, *_replicas in reply:
-                host = primary[0] or address.host  # "" means "the node you asked"
-                owner = Address(host, int(primary[1]))
-                slots[int(start) : int(end) + 1] = [owner] * (int(end) - int(start) + 1)
-            self._slots = slots
-            self._stale = False
-            for gone in set(self._nodes) - set(slots) - set(self._seeds):
-                await self._nodes.pop(gone).aclose()
-            return
-        raise ConnectFailed("no Cluster node answered (" + "; ".join(failures) + ")")
+    async def _drive(self, route: Route[T]) -> T:
+        try:
+            step = next(route)
+            while True:
+                try:
+                    if isinstance(step, Pause):
+                        await asyncio.sleep(step.seconds)
+                        reply = None
+                    else:
+                        reply = await self._send(step)
+                except (ServerError, ConnectionLost) as exc:
+                    step = route.throw(exc)
+                else:
+                    step = route.send(reply)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        finally:
+            if self._routes.version != self._version:
+                self._prune()
 
-    def _refreshed(self, future: asyncio.Future[None]) -> None:
-        self._refreshing = None
-        _retrieve(future)
-
-    async def _refresh(self) -> None:
-        """Read the slot table again (one read shared by concurrent callers)."""
-        if self._refreshing is None:
-            self._refreshing = asyncio.ensure_future(self._load_slots())
-            self._refreshing.add_done_callback(self._refreshed)
-        await asyncio.shield(self._refreshing)
-
-    def _owner(self, key: str | None) -> Address:
-        if key is None:
-            owner = next((a for a in self._slots if a is not None), None)
-        else:
-            owner = self._slots[self._key_slot(key.encode("utf-8", "replace"))]
-        if owner is None:
-            raise ConnectFailed("no Cluster node serves the key's slot")
-        return owner
-
-    # -- commands -----------------------------------------------------------------------
-
-    async def _asking(self, address: Address, args: Args) -> Any:
-        """``args`` on ``address`` right after ASKING, in the same write."""
-        link = await self._node(address).link()
-        asking = link.send(("ASKING",))
-        asking.add_done_callback(_retrieve)
-        reply = await link.send(args)
-        if isinstance(reply, ServerError):
-            raise reply
-        return reply
+    def _prune(self) -> None:
+        """Close the connections to data nodes the routes no longer use."""
+        self._version = self._routes.version
+        used = set(self._routes.primaries())
+        for address, sentinel in list(self._nodes):
+            if not sentinel and address not in used:
+                self._nodes.pop((address, sentinel)).close()
 
     async def call(self, key: str | None, args: Args) -> Any:
-        ask: Address | None = None
-        last: Exception = ConnectFailed("no attempt")
-        for attempt in range(CLUSTER_ATTEMPTS):
-            try:
-                if ask is not None:
-                    return await self._asking(ask, args)
-                if self._stale:
-                    await self._refresh()
-                return await self._node(self._owner(key)).call(key, args)
-            except ServerError as exc:
-                kind, _, rest = str(exc).partition(" ")
-                ask = None
-                if kind == "MOVED":
-                    slot, _, where = rest.partition(" ")
-                    self._slots[int(slot)] = Address.parse(where)
-                    self._stale = True  # the rest of the table may have moved too
-                elif kind == "ASK":
-                    ask = Address.parse(rest.partition(" ")[2])
-                elif kind in ("TRYAGAIN", "CLUSTERDOWN"):
-                    self._stale = kind == "CLUSTERDOWN"
-                    await asyncio.sleep(backoff(attempt))
-                else:
-                    raise
-                last = exc
-            except ConnectFailed as exc:  # never sent: safe to send again
-                last, ask, self._stale = exc, None, True
-                await asyncio.sleep(backoff(attempt))
-            except ConnectionLost:
-                self._stale = True  # a node failed; its replica may be the primary soon
-                raise
-        raise last
+        return await self._drive(self._routes.call(key, args))
 
     async def scan(self, pattern: str) -> AsyncIterator[str]:
-        if self._stale:
-            await self._refresh()
-        for address in dict.fromkeys(a for a in self._slots if a is not None):
+        await self._drive(self._routes.ready())
+        for address in self._routes.primaries():
             async for key in self._node(address).scan(pattern):
                 yield key
 
@@ -574,62 +377,19 @@ class Cluster:
             await node.aclose()
 
 
-def ssl_context(
-    *,
-    ca_certs: str | None = None,
-    certfile: str | None = None,
-    keyfile: str | None = None,
-    cert_reqs: str = "required",
-    check_hostname: bool = True,
-) -> ssl.SSLContext:
-    """A client TLS context with the options of a ``rediss://`` URL."""
-    context = ssl.create_default_context(cafile=ca_certs)
-    if certfile is not None:
-        context.load_cert_chain(certfile, keyfile)
-    context.check_hostname = check_hostname and cert_reqs != "none"
-    context.verify_mode = {
-        "required": ssl.CERT_REQUIRED,
-        "optional": ssl.CERT_OPTIONAL,
-        "none": ssl.CERT_NONE,
-    }[cert_reqs]
-    return context
-
-
-def set_command(key: str, value: str, px: int | None, nx: bool) -> Args:
-    """SET with its options, as the backends' ``set`` takes them."""
-    args: Args = ("SET", key, value)
-    if px is not None:
-        args += ("PX", px)
-    if nx:
-        args += ("NX",)
-    return args
-
-
-class BackendBase:
-    """What chat-state's own backends (asyncio and blocking) share: errors, secrets."""
-
-    def __init__(self, library: str, secrets: Sequence[str]) -> None:
-        self._library = library
-        self._secrets = tuple(secrets)
-
-    def _error(self, exc: Exception) -> Exception:
-        """Our error for ``exc`` (NOSCRIPT is the drivers' cue to send the source)."""
-        if isinstance(exc, ServerError) and str(exc).startswith("NOSCRIPT"):
-            return NoScriptError(str(exc))
-        return backend_error(self._library, exc, self._secrets)
-
-
 class MultiplexedBackend(BackendBase):
     """:class:`~chat_state.protocols.AsyncRedisLike` over :class:`Standalone`,
     :class:`Sentinel` or :class:`Cluster`, with our errors (secrets scrubbed)."""
 
-    def __init__(self, library: str, router: Standalone | Cluster, secrets: Sequence[str]) -> None:
-        super().__init__(library, secrets)
+    def __init__(
+        self,
+        library: str,
+        router: Standalone | Routed,
+        secrets: Sequence[str],
+        library_client: LibraryClient,
+    ) -> None:
+        super().__init__(library, secrets, library_client)
         self._router = router
-
-    @property
-    def client(self) -> Standalone | Cluster:
-        return self._router
 
     async def _call(self, key: str | None, args: Args) -> Any:
         try:
@@ -689,3 +449,5 @@ class MultiplexedBackend(BackendBase):
 
     async def aclose(self) -> None:
         await self._router.aclose()
+        for client in self._made_clients():
+            await client.aclose()

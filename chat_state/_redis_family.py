@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from types import ModuleType
 from typing import Any, TypeVar
 
-from . import _blocking, _mux
+from . import _blocking, _mux, _routes, _wire
 from ._loops import on_asyncio
 from ._replies import anext_or_none, backend_error, glob_escape, scrub, text
 from ._urls import RedisURL, parse_redis_url
@@ -285,9 +285,17 @@ class RedisFamily:
 
     def open_sync(self, url: str) -> RedisLike:
         parsed = parse_redis_url(url)
-        if parsed.own_connections and parsed.topology in ("standalone", "unix"):
-            node = _blocking.BlockingNode(self._address(parsed), self._settings(parsed))
-            return _blocking.BlockingBackend(self.name, node, parsed.secrets)
+        if parsed.own_connections:
+            routes = self._routes(parsed)
+            settings = self._settings(parsed)
+            node = (
+                _blocking.BlockingNode(self._address(parsed), settings)
+                if routes is None
+                else _blocking.BlockingRouted(routes, settings, self._settings(parsed, True))
+            )
+            return _blocking.BlockingBackend(
+                self.name, node, parsed.secrets, lambda: self._open(url, asynchronous=False)[:2]
+            )
         client, owned, secrets = self._open(url, asynchronous=False)
         return SyncRedisBackend(self, client, owned=owned, secrets=secrets)
 
@@ -303,45 +311,59 @@ class RedisFamily:
         self.require_asyncio()
         parsed = parse_redis_url(url)
         if parsed.own_connections:
-            return _mux.MultiplexedBackend(self.name, self._router(parsed), parsed.secrets)
+            routes = self._routes(parsed)
+            settings = self._settings(parsed)
+            router = (
+                _mux.Standalone(self._address(parsed), settings)
+                if routes is None
+                else _mux.Routed(routes, settings, self._settings(parsed, True))
+            )
+            return _mux.MultiplexedBackend(
+                self.name, router, parsed.secrets, lambda: self._open(url, asynchronous=True)[:2]
+            )
         client, owned, secrets = self._open(url, asynchronous=True)
         return AsyncRedisBackend(self, client, owned=owned, secrets=secrets)
 
     @staticmethod
-    def _settings(url: RedisURL, *, sentinel: bool = False) -> _mux.Settings:
+    def _settings(url: RedisURL, sentinel: bool = False) -> _wire.Settings:
         """How chat-state's own connections to the data nodes (or the Sentinels) open."""
         tls = None
         if url.tls:
             options = {k.removeprefix("ssl_"): v for k, v in url.tls_kwargs().items() if k != "ssl"}
             try:
-                tls = _mux.ssl_context(**options)
+                tls = _wire.ssl_context(**options)
             except (OSError, ValueError) as exc:
                 detail = scrub(str(exc), url.secrets)
                 raise ConfigurationError(f"cannot set up TLS: {detail}") from None
+        timeouts = (url.connect_timeout, url.socket_timeout)
         if sentinel:
             kwargs = url.sentinel_kwargs()
-            username, password, db = kwargs["username"], kwargs["password"], 0
-        else:
-            username, password, db = url.username, url.password, url.db
-        return _mux.Settings(url.connect_timeout, url.socket_timeout, username, password, db, tls)
+            return _wire.Settings(*timeouts, kwargs["username"], kwargs["password"], tls=tls)
+        return _wire.Settings(
+            *timeouts,
+            url.username,
+            url.password,
+            url.db,
+            tls,
+            primary_only=url.topology == "sentinel",
+        )
 
     @staticmethod
-    def _address(url: RedisURL) -> _mux.Address:
+    def _address(url: RedisURL) -> _wire.Address:
         """The one server of a standalone or unix-socket URL."""
         if url.topology == "unix":
-            return _mux.Address(path=url.path)
-        return _mux.Address(*url.hosts[0])
+            return _wire.Address(path=url.path)
+        return _wire.Address(*url.hosts[0])
 
-    def _router(self, url: RedisURL) -> _mux.Standalone | _mux.Cluster:
-        """The multiplexed connections for ``url`` (AsyncState's default)."""
-        hosts = [_mux.Address(host, port) for host, port in url.hosts]
+    def _routes(self, url: RedisURL) -> _routes.Routes | None:
+        """The routes of a Sentinel or Cluster URL (``None`` for one server)."""
+        hosts = [_wire.Address(host, port) for host, port in url.hosts]
         if url.topology == "cluster":
-            return _mux.Cluster(hosts, self._settings(url), self._key_slot)
+            return _routes.ClusterRoutes(hosts, self._key_slot)
         if url.topology == "sentinel":
             assert url.service is not None
-            sentinels = self._settings(url, sentinel=True)
-            return _mux.Sentinel(hosts, url.service, self._settings(url), sentinels)
-        return _mux.Standalone(self._address(url), self._settings(url))
+            return _routes.SentinelRoutes(hosts, url.service)
+        return None
 
     # -- adopting the application's clients -----------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import pytest
 import redis
+import redis.asyncio
 
 from chat_state import AsyncState, BackendError, State
 
@@ -224,9 +225,34 @@ def test_state_keeps_a_connection_per_thread_in_use(server: RedisServer) -> None
 def test_state_switch_uses_the_client_librarys_pool(server: RedisServer) -> None:
     with State.from_url(server.url + "?own_connections=false") as state:
         state.set("k", 1)
-        assert type(state._backend.client).__module__ == "redis.client"  # type: ignore[union-attr]
+        assert len(client_ids(server)) == 1
+        assert type(state._backend).__name__ == "SyncRedisBackend"
     with State.from_url(server.url) as state:
-        assert type(state._backend.client).__module__ == "chat_state._blocking"  # type: ignore[union-attr]
+        state.set("k", 1)
+        assert type(state._backend).__name__ == "BlockingBackend"
+
+
+def test_get_client_gives_a_redis_py_client_of_the_same_server(server: RedisServer) -> None:
+    """With chat-state's own connections, ``get_client()`` still gives the library's client
+    (made on first use, closed by ``disconnect()``), as the README's WAIT recipe needs."""
+    with State.from_url(server.url, key_prefix="p") as state:
+        state.set("k", {"a": 1})
+        client = state.get_client()
+        assert isinstance(client, redis.Redis)
+        assert state.get_client() is client
+        assert client.get("p:cache:k") == '{"a":1}'
+        assert len(client_ids(server)) == 2
+    assert client_ids(server) == []
+
+
+@pytest.mark.anyio
+async def test_async_get_client_gives_an_asyncio_redis_py_client(server: RedisServer) -> None:
+    async with AsyncState.from_url(server.url, key_prefix="p") as state:
+        await state.set("k", {"a": 1})
+        client = state.get_client()
+        assert isinstance(client, redis.asyncio.Redis)
+        assert await client.get("p:cache:k") == '{"a":1}'
+    assert client_ids(server) == []
 
 
 def test_state_replaces_an_idle_connection_the_server_closed(server: RedisServer) -> None:

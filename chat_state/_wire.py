@@ -132,11 +132,14 @@ class Settings:
 
     def check(self, replies: Sequence[Any]) -> None:
         """Raise if the handshake's ``replies`` refuse the connection."""
+        if self.primary_only:
+            *replies, role = replies
+            # A user whose ACL forbids ROLE is taken at the Sentinels' word.
+            if isinstance(role, list) and role[:1] != ["master"]:
+                raise ConnectionLost("the server is not a primary (yet)")
         for reply in replies:
             if isinstance(reply, ServerError):
                 raise reply
-        if self.primary_only and replies[-1][:1] != ["master"]:
-            raise ConnectionLost("the server is not a primary (yet)")
 
 
 def ssl_context(

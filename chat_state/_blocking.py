@@ -49,6 +49,7 @@ from ._wire import (
     ServerError,
     Settings,
     connect_delays,
+    describe,
     new_reader,
     pack,
     set_command,
@@ -149,7 +150,7 @@ class BlockingNode:
             try:
                 return _connect(self._address, self._settings)
             except (OSError, ConnectionLost) as exc:
-                last = str(exc) or type(exc).__name__
+                last = describe(exc)
         raise ConnectFailed(f"cannot connect to {self._address}: {last}")
 
     def _take(self) -> _Link:

@@ -49,6 +49,7 @@ from ._wire import (
     ServerError,
     Settings,
     connect_delays,
+    describe,
     new_reader,
     pack,
     set_command,
@@ -189,12 +190,6 @@ async def _open_link(address: Address, settings: Settings) -> _Link:
     return link
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return str(exc) or type(exc).__name__
-
-
 class Node:
     """One server and the connection to it, opened again whenever it has failed.
 
@@ -220,7 +215,7 @@ class Node:
             try:
                 link = await _open_link(self._address, self._settings)
             except (OSError, TimeoutError, ConnectionLost) as exc:
-                last = _describe(exc)
+                last = describe(exc)
                 continue
             if self._closed:
                 link.fail("closed by chat-state")

@@ -33,6 +33,7 @@ from ._wire import (
     ServerError,
     backoff,
     connect_delays,
+    describe,
 )
 
 #: Slots of a Redis Cluster.
@@ -70,10 +71,6 @@ class Pause:
 Route = Generator[Send | Pause, Any, T]
 
 
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
 class SentinelRoutes:
     """The primary of ``service``, as the Sentinels name it."""
 
@@ -90,7 +87,7 @@ class SentinelRoutes:
             try:
                 reply = yield Send(address, query, sentinel=True)
             except (ConnectionLost, ServerError) as exc:
-                failures.append(f"{address}: {_describe(exc)}")
+                failures.append(f"{address}: {describe(exc)}")
                 continue
             if isinstance(reply, list) and len(reply) == 2:
                 return Address(reply[0], int(reply[1]))
@@ -140,7 +137,7 @@ class ClusterRoutes:
             try:
                 reply = yield Send(address, ("CLUSTER", "SLOTS"))
             except (ConnectionLost, ServerError) as exc:
-                failures.append(f"{address}: {_describe(exc)}")
+                failures.append(f"{address}: {describe(exc)}")
                 continue
             slots: list[Address | None] = [None] * SLOTS
             for start, end, primary, *_replicas in reply:

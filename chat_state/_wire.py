@@ -31,6 +31,7 @@ __all__ = [
     "Settings",
     "backoff",
     "connect_delays",
+    "describe",
     "new_reader",
     "pack",
     "set_command",
@@ -80,6 +81,13 @@ def new_reader() -> hiredis.Reader:
     """A reply parser: text as ``str`` (U+FFFD for bytes that are not UTF-8, as in
     TypeScript), error replies as :class:`ServerError` values."""
     return hiredis.Reader(encoding="utf-8", errors="replace", replyError=ServerError)
+
+
+def describe(exc: BaseException) -> str:
+    """A failure in a few words, for a message (a timeout's text is often empty)."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "timed out"
+    return str(exc) or type(exc).__name__
 
 
 def connect_delays() -> list[float]:

@@ -479,12 +479,20 @@ async def test_passwords_never_leak(
     assert "wrong-pw" not in caplog.text
 
 
-def test_unix_socket_urls(tmp_path: Any) -> None:
+@pytest.mark.parametrize("facade", ["sync", "async"])
+@pytest.mark.anyio
+async def test_unix_socket_urls(tmp_path: Any, facade: str) -> None:
     socket_path = tmp_path / "redis.sock"
+    url = f"unix://{socket_path}?db=2"
     with RedisServer(["--unixsocket", str(socket_path), "--unixsocketperm", "700"]):
-        with State.from_url(f"unix://{socket_path}?db=2", key_prefix="unix") as state:
-            state.set("k", {"over": "a unix socket"})
-            assert state.get("k") == {"over": "a unix socket"}
+        if facade == "sync":
+            with State.from_url(url, key_prefix="unix") as state:
+                state.set("k", {"over": "a unix socket"})
+                assert state.get("k") == {"over": "a unix socket"}
+        else:
+            async with AsyncState.from_url(url, key_prefix="unix") as async_state:
+                await async_state.set("k", {"over": "a unix socket"})
+                assert await async_state.get("k") == {"over": "a unix socket"}
         with redis.Redis(unix_socket_path=str(socket_path), db=2, decode_responses=True) as raw:
             assert raw.get("unix:cache:k") == '{"over":"a unix socket"}'
 

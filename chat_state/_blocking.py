@@ -45,7 +45,7 @@ from ._wire import (
     BackendBase,
     ConnectFailed,
     ConnectionLost,
-    LibraryClient,
+    Plan,
     ServerError,
     Settings,
     connect_delays,
@@ -287,15 +287,14 @@ class BlockingBackend(BackendBase):
     """:class:`~chat_state.protocols.RedisLike` over a :class:`BlockingNode`, with our
     errors (secrets scrubbed)."""
 
-    def __init__(
-        self,
-        library: str,
-        node: BlockingNode | BlockingRouted,
-        secrets: Sequence[str],
-        library_client: LibraryClient,
-    ) -> None:
-        super().__init__(library, secrets, library_client)
-        self._node = node
+    def __init__(self, plan: Plan) -> None:
+        super().__init__(plan)
+        self._node: BlockingNode | BlockingRouted
+        if plan.routes is None:
+            assert plan.address is not None
+            self._node = BlockingNode(plan.address, plan.settings)
+        else:
+            self._node = BlockingRouted(plan.routes, plan.settings, plan.sentinel_settings)
 
     def _call(self, key: str | None, args: Args) -> Any:
         try:

@@ -45,7 +45,7 @@ from ._wire import (
     BackendBase,
     ConnectFailed,
     ConnectionLost,
-    LibraryClient,
+    Plan,
     ServerError,
     Settings,
     connect_delays,
@@ -376,15 +376,14 @@ class MultiplexedBackend(BackendBase):
     """:class:`~chat_state.protocols.AsyncRedisLike` over :class:`Standalone`,
     :class:`Sentinel` or :class:`Cluster`, with our errors (secrets scrubbed)."""
 
-    def __init__(
-        self,
-        library: str,
-        router: Standalone | Routed,
-        secrets: Sequence[str],
-        library_client: LibraryClient,
-    ) -> None:
-        super().__init__(library, secrets, library_client)
-        self._router = router
+    def __init__(self, plan: Plan) -> None:
+        super().__init__(plan)
+        self._router: Standalone | Routed
+        if plan.routes is None:
+            assert plan.address is not None
+            self._router = Standalone(plan.address, plan.settings)
+        else:
+            self._router = Routed(plan.routes, plan.settings, plan.sentinel_settings)
 
     async def _call(self, key: str | None, args: Args) -> Any:
         try:

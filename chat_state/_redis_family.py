@@ -11,6 +11,7 @@ exceptions to ours, with passwords scrubbed from every message.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from types import ModuleType
@@ -284,18 +285,8 @@ class RedisFamily:
         return client, owned, url.secrets
 
     def open_sync(self, url: str) -> RedisLike:
-        parsed = parse_redis_url(url)
-        if parsed.own_connections:
-            routes = self._routes(parsed)
-            settings = self._settings(parsed)
-            node = (
-                _blocking.BlockingNode(self._address(parsed), settings)
-                if routes is None
-                else _blocking.BlockingRouted(routes, settings, self._settings(parsed, True))
-            )
-            return _blocking.BlockingBackend(
-                self.name, node, parsed.secrets, lambda: self._open(url, asynchronous=False)[:2]
-            )
+        if parse_redis_url(url).own_connections:
+            return _blocking.BlockingBackend(self._plan(url, asynchronous=False))
         client, owned, secrets = self._open(url, asynchronous=False)
         return SyncRedisBackend(self, client, owned=owned, secrets=secrets)
 
@@ -309,18 +300,8 @@ class RedisFamily:
 
     def open_async(self, url: str) -> AsyncRedisLike:
         self.require_asyncio()
-        parsed = parse_redis_url(url)
-        if parsed.own_connections:
-            routes = self._routes(parsed)
-            settings = self._settings(parsed)
-            router = (
-                _mux.Standalone(self._address(parsed), settings)
-                if routes is None
-                else _mux.Routed(routes, settings, self._settings(parsed, True))
-            )
-            return _mux.MultiplexedBackend(
-                self.name, router, parsed.secrets, lambda: self._open(url, asynchronous=True)[:2]
-            )
+        if parse_redis_url(url).own_connections:
+            return _mux.MultiplexedBackend(self._plan(url, asynchronous=True))
         client, owned, secrets = self._open(url, asynchronous=True)
         return AsyncRedisBackend(self, client, owned=owned, secrets=secrets)
 
@@ -348,22 +329,27 @@ class RedisFamily:
             primary_only=url.topology == "sentinel",
         )
 
-    @staticmethod
-    def _address(url: RedisURL) -> _wire.Address:
-        """The one server of a standalone or unix-socket URL."""
-        if url.topology == "unix":
-            return _wire.Address(path=url.path)
-        return _wire.Address(*url.hosts[0])
-
-    def _routes(self, url: RedisURL) -> _routes.Routes | None:
-        """The routes of a Sentinel or Cluster URL (``None`` for one server)."""
+    def _plan(self, url_text: str, *, asynchronous: bool) -> _wire.Plan:
+        """chat-state's own connections for ``url_text``: one server, or the routes of a
+        Sentinel group or a Cluster."""
+        url = parse_redis_url(url_text)
+        plan = functools.partial(
+            _wire.Plan,
+            self.name,
+            tuple(url.secrets),
+            self._settings(url),
+            self._settings(url, sentinel=True),
+            lambda: self._open(url_text, asynchronous=asynchronous)[:2],
+        )
         hosts = [_wire.Address(host, port) for host, port in url.hosts]
         if url.topology == "cluster":
-            return _routes.ClusterRoutes(hosts, self._key_slot)
+            return plan(routes=_routes.ClusterRoutes(hosts, self._key_slot))
         if url.topology == "sentinel":
             assert url.service is not None
-            return _routes.SentinelRoutes(hosts, url.service)
-        return None
+            return plan(routes=_routes.SentinelRoutes(hosts, url.service))
+        if url.topology == "unix":
+            return plan(address=_wire.Address(path=url.path))
+        return plan(address=hosts[0])
 
     # -- adopting the application's clients -----------------------------------------------
 

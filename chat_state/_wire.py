@@ -12,12 +12,15 @@ import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hiredis
 
 from ._replies import backend_error
 from .protocols import NoScriptError
+
+if TYPE_CHECKING:
+    from ._routes import Routes
 
 __all__ = [
     "Address",
@@ -27,6 +30,7 @@ __all__ = [
     "ConnectFailed",
     "ConnectionLost",
     "LibraryClient",
+    "Plan",
     "ServerError",
     "Settings",
     "backoff",
@@ -185,23 +189,28 @@ def set_command(key: str, value: str, px: int | None, nx: bool) -> Args:
 LibraryClient = Callable[[], tuple[Any, list[Any]]]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Everything chat-state's own connections for one URL need, asyncio or blocking."""
+
+    library: str  # the client library's name, for messages
+    secrets: tuple[str, ...]  # scrubbed from every message
+    settings: Settings  # the data nodes'
+    sentinel_settings: Settings  # the Sentinels' (unused elsewhere)
+    library_client: LibraryClient  # for get_client()
+    address: Address | None = None  # one server...
+    routes: Routes | None = None  # ...or a Sentinel group or Cluster
+
+
 class BackendBase:
     """What chat-state's own backends (asyncio and blocking) share: errors, secrets,
-    and the client library's own client for ``get_client()``.
-
-    ``library_client`` makes that client (and → every client to close with it) for
-    the same server(s); it is made on first use only.
+    and the client library's own client for ``get_client()``, made on first use.
     """
 
-    def __init__(
-        self,
-        library: str,
-        secrets: Sequence[str],
-        library_client: LibraryClient,
-    ) -> None:
-        self._library = library
-        self._secrets = tuple(secrets)
-        self._make_client = library_client
+    def __init__(self, plan: Plan) -> None:
+        self._library = plan.library
+        self._secrets = plan.secrets
+        self._make_client = plan.library_client
         self._client: Any = None
         self._owned: list[Any] = []  # clients made here, to close
         self._client_lock = threading.Lock()

@@ -236,7 +236,12 @@ class State(_Facade[RedisLike]):
         self.disconnect()
 
     def get_client(self) -> Any:
-        """The underlying client (a redis-py client, a :class:`MemoryStore`, ...)."""
+        """The client library's client (redis-py, valkey-py, coredis) or the :class:`MemoryStore`.
+
+        For raw commands of your own. With chat-state's own connections (the default
+        for redis-py and valkey-py) it is a client for the same server(s), made on
+        first use and closed by :meth:`disconnect`; a client you passed in is itself.
+        """
         return self._connected().client
 
     def iter_keys(self) -> Iterator[str]:
@@ -403,7 +408,13 @@ class AsyncState(_Facade[AsyncRedisLike]):
         await self.disconnect()
 
     def get_client(self) -> Any:
-        """The underlying client (a redis-py asyncio client, a :class:`MemoryStore`, ...)."""
+        """The client library's asyncio client (redis-py, valkey-py, coredis) or the
+        :class:`MemoryStore`.
+
+        For raw commands of your own. With chat-state's own connections (the default
+        for redis-py and valkey-py) it is a client for the same server(s), made on
+        first use and closed by :meth:`disconnect`; a client you passed in is itself.
+        """
         return self._connected().client
 
     def iter_keys(self) -> AsyncIterator[str]:

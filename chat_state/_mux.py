@@ -3,10 +3,11 @@
 redis-py's and valkey-py's asyncio clients take a pooled connection for each command
 in flight, so 64 concurrent callers mean 64 sockets, 64 writes and 64 reads, and the
 pool, not the server, sets the pace. Here each server node has one connection (a
-:class:`Node`): every command issued during one turn of the event loop goes out in one
-write, and the replies, which a server sends in the order of the commands, are
-matched to their callers first in, first out. hiredis parses the replies and packs
-the commands.
+:class:`Node`). A command goes out at once when nothing is in flight; while replies
+are awaited, every command issued during one turn of the event loop goes out in one
+write. The replies, which a server sends in the order of the commands, are matched
+to their callers first in, first out. hiredis parses the replies and packs the
+commands.
 
 What holds on this path:
 
@@ -112,14 +113,18 @@ class _Link(asyncio.Protocol):
     # -- commands ---------------------------------------------------------------------
 
     def send(self, args: Args) -> asyncio.Future[Any]:
-        """Queue ``args`` for this turn's write; → the future of its reply."""
+        """Send ``args``, at once or with the rest of this turn's; → its reply's future."""
         if self._failure is not None:
             raise ConnectionLost(self._failure)
         future = self._loop.create_future()
         self._outbox.append(pack(args))
         self._waiting.append(future)
         if len(self._outbox) == 1:
-            self._loop.call_soon(self._flush)
+            if self._pending:
+                # Replies are awaited: gather this turn's commands into one write.
+                self._loop.call_soon(self._flush)
+            else:
+                self._flush()  # nothing in flight: write at once, the lowest latency
         return future
 
     def _flush(self) -> None:

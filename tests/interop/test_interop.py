@@ -469,28 +469,32 @@ async def test_set_if_not_exists_has_one_winner_across_languages(
     ts: TSBridge, py: Any, raw: redis.Redis
 ) -> None:
     """Both languages race for the same 100 de-duplication keys: TypeScript in order,
-    chat-state (four tasks) in reverse, so that they meet and contend in the middle."""
+    one call at a time, chat-state (four tasks) in reverse, so that they meet and
+    contend in the middle. Python starts once TypeScript has taken the first key, so
+    neither side can take every key before the other starts, however fast it is."""
     keys = [f"dedupe:evt-{i}" for i in range(100)]
     todo = list(reversed(keys))
-    pending: list[int] = []
     python_won: dict[str, bool] = {}
+    typescript_won: dict[str, bool] = {}
+    typescript_started = anyio.Event()
 
     async def typescript() -> None:
         for k in keys:
-            pending.append(ts.submit("setIfNotExists", k, {"by": "ts"}, 600_000))
-            await anyio.sleep(0)
+            request = ts.submit("setIfNotExists", k, {"by": "ts"}, 600_000)
+            typescript_won[k] = await anyio.to_thread.run_sync(ts.result, request)
+            typescript_started.set()
 
     async def python() -> None:
+        await typescript_started.wait()
         while todo:
             k = todo.pop(0)
             python_won[k] = await py.set_if_not_exists(k, {"by": "py"}, 600_000)
-            await anyio.sleep(0)  # State's calls block: let TypeScript's go out too
+            await anyio.sleep(0)  # State's calls block: let the others run too
 
     async with anyio.create_task_group() as group:
         for _ in range(4):
             group.start_soon(python)
         group.start_soon(typescript)
-    typescript_won = dict(zip(keys, (ts.result(p) for p in pending), strict=True))
 
     for k in keys:
         assert python_won[k] != typescript_won[k], k  # exactly one winner

@@ -13,6 +13,7 @@ a TTL of 0 refused) and how each side reads the other's form.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -461,6 +462,44 @@ async def test_ttls_and_delete_across_languages(ts: TSBridge, py: Any, raw: redi
     assert await py.get("never") is None
 
 
+async def race(
+    ts: TSBridge,
+    names: list[str],
+    typescript_call: Callable[[str], tuple[Any, ...]],
+    python_call: Callable[[str], Awaitable[Any]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both languages go for the same ``names``; → (Python's results, TypeScript's).
+
+    TypeScript takes them in order, one call at a time; chat-state (four tasks) in
+    reverse, starting once TypeScript has its first result. They meet and contend in
+    the middle, and neither can take every name before the other starts, however
+    much faster one of them is.
+    """
+    todo = list(reversed(names))
+    python: dict[str, Any] = {}
+    typescript: dict[str, Any] = {}
+    typescript_started = anyio.Event()
+
+    async def run_typescript() -> None:
+        for name in names:
+            request = ts.submit(*typescript_call(name))
+            typescript[name] = await anyio.to_thread.run_sync(ts.result, request)
+            typescript_started.set()
+
+    async def run_python() -> None:
+        await typescript_started.wait()
+        while todo:
+            name = todo.pop(0)
+            python[name] = await python_call(name)
+            await anyio.sleep(0)  # State's calls block: let the others run too
+
+    async with anyio.create_task_group() as group:
+        for _ in range(4):
+            group.start_soon(run_python)
+        group.start_soon(run_typescript)
+    return python, typescript
+
+
 # -- de-duplication ----------------------------------------------------------------------
 
 
@@ -468,33 +507,14 @@ async def test_ttls_and_delete_across_languages(ts: TSBridge, py: Any, raw: redi
 async def test_set_if_not_exists_has_one_winner_across_languages(
     ts: TSBridge, py: Any, raw: redis.Redis
 ) -> None:
-    """Both languages race for the same 100 de-duplication keys: TypeScript in order,
-    one call at a time, chat-state (four tasks) in reverse, so that they meet and
-    contend in the middle. Python starts once TypeScript has taken the first key, so
-    neither side can take every key before the other starts, however fast it is."""
+    """Both languages race for the same 100 de-duplication keys (see :func:`race`)."""
     keys = [f"dedupe:evt-{i}" for i in range(100)]
-    todo = list(reversed(keys))
-    python_won: dict[str, bool] = {}
-    typescript_won: dict[str, bool] = {}
-    typescript_started = anyio.Event()
-
-    async def typescript() -> None:
-        for k in keys:
-            request = ts.submit("setIfNotExists", k, {"by": "ts"}, 600_000)
-            typescript_won[k] = await anyio.to_thread.run_sync(ts.result, request)
-            typescript_started.set()
-
-    async def python() -> None:
-        await typescript_started.wait()
-        while todo:
-            k = todo.pop(0)
-            python_won[k] = await py.set_if_not_exists(k, {"by": "py"}, 600_000)
-            await anyio.sleep(0)  # State's calls block: let the others run too
-
-    async with anyio.create_task_group() as group:
-        for _ in range(4):
-            group.start_soon(python)
-        group.start_soon(typescript)
+    python_won, typescript_won = await race(
+        ts,
+        keys,
+        lambda k: ("setIfNotExists", k, {"by": "ts"}, 600_000),
+        lambda k: py.set_if_not_exists(k, {"by": "py"}, 600_000),
+    )
 
     for k in keys:
         assert python_won[k] != typescript_won[k], k  # exactly one winner
@@ -514,26 +534,12 @@ async def test_a_lock_race_across_languages_has_one_holder(
     ts: TSBridge, py: Any, raw: redis.Redis
 ) -> None:
     threads = [f"race:{i}" for i in range(100)]
-    todo = list(reversed(threads))
-    pending: list[int] = []
-    python_locks: dict[str, Lock | None] = {}
-
-    async def typescript() -> None:
-        for t in threads:
-            pending.append(ts.submit("acquireLock", t, 30_000))
-            await anyio.sleep(0)
-
-    async def python() -> None:
-        while todo:
-            t = todo.pop(0)
-            python_locks[t] = await py.acquire_lock(t, 30_000)
-            await anyio.sleep(0)
-
-    async with anyio.create_task_group() as group:
-        for _ in range(4):
-            group.start_soon(python)
-        group.start_soon(typescript)
-    typescript_locks = dict(zip(threads, (ts.result(p) for p in pending), strict=True))
+    python_locks, typescript_locks = await race(
+        ts,
+        threads,
+        lambda t: ("acquireLock", t, 30_000),
+        lambda t: py.acquire_lock(t, 30_000),
+    )
 
     for t in threads:
         mine, theirs = python_locks[t], typescript_locks[t]

@@ -10,12 +10,12 @@ hiredis, with nothing in between.
 What holds on this path, as on the asyncio one (:mod:`chat_state._mux`):
 
 * A reply that does not come within the timeout, or a connection that fails, fails
-  the command with :class:`~chat_state._mux.ConnectionLost` (it may have run, so it
+  the command with :class:`~chat_state._wire.ConnectionLost` (it may have run, so it
   is never sent again) and that connection is closed; an idle connection that the
   server closed meanwhile is noticed before it is used, and replaced.
 * Opening a connection is bounded by the connect timeout, and retried a few times
   with a short backoff; a command that could not be sent fails with
-  :class:`~chat_state._mux.ConnectFailed`.
+  :class:`~chat_state._wire.ConnectFailed`.
 * A forked child never uses its parent's connections.
 
 :class:`BlockingNode` serves one server; :class:`BlockingRouted` a Sentinel group or
@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import hiredis
 
 from ._replies import glob_escape
-from ._routes import Pause, Route, Routes, Send
+from ._routes import NodeTable, Pause, Route, Routes, Send
 from ._wire import (
     CONNECT_ATTEMPTS,
     SCAN_COUNT,
@@ -73,25 +73,29 @@ class _Link:
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
 
-    def call(self, commands: tuple[Args, ...]) -> Any:
-        """Send ``commands`` in one write and read their replies; → the last one (a
-        :class:`ServerError` is returned, not raised)."""
+    def call(self, commands: Sequence[Args]) -> list[Any]:
+        """Send ``commands`` in one write and read their replies (a :class:`ServerError`
+        is returned, not raised)."""
         sock, reader, buffer = self._sock, self._reader, self._buffer
+        replies: list[Any] = []
         try:
             sock.sendall(b"".join([pack(args) for args in commands]))
-            for _ in commands:
-                while (reply := reader.gets()) is False:
-                    received = sock.recv_into(buffer)
-                    if not received:
-                        raise ConnectionLost("the connection was closed")
-                    reader.feed(buffer, 0, received)  # type: ignore[arg-type]  # any buffer
+            while len(replies) < len(commands):
+                reply = reader.gets()
+                if reply is not False:
+                    replies.append(reply)
+                    continue
+                received = sock.recv_into(buffer)
+                if not received:
+                    raise ConnectionLost("the connection was closed")
+                reader.feed(buffer, 0, received)  # type: ignore[arg-type]  # any buffer
         except TimeoutError:
             raise ConnectionLost(f"no reply within {self._timeout:g} s") from None
         except OSError as exc:
             raise ConnectionLost(f"the connection was closed ({exc})") from None
         except hiredis.ProtocolError as exc:
             raise ConnectionLost(f"the server's reply could not be read ({exc})") from None
-        return reply
+        return replies
 
     def stale(self) -> bool:
         """Whether the idle connection has something to read: the server closed it."""
@@ -121,7 +125,9 @@ def _connect(address: Address, settings: Settings) -> _Link:
             sock = settings.tls.wrap_socket(sock, server_hostname=address.host)
         sock.settimeout(settings.timeout)
         link = _Link(sock, settings.timeout)
-        settings.check([link.call((command,)) for command in settings.handshake()])
+        handshake = settings.handshake()
+        if handshake:
+            settings.check(link.call(handshake))
     except BaseException:
         sock.close()
         raise
@@ -182,7 +188,7 @@ class BlockingNode:
         """Write ``commands`` at once; → the last one's reply."""
         link = self._take()
         try:
-            reply = link.call(commands)
+            reply = link.call(commands)[-1]
         except BaseException:  # a timeout, a failure or an interrupt: the stream is lost
             link.close()
             raise
@@ -217,23 +223,13 @@ class BlockingRouted:
 
     def __init__(self, routes: Routes, settings: Settings, sentinel_settings: Settings) -> None:
         self._routes = routes
-        self._settings = {False: settings, True: sentinel_settings}
-        self._nodes: dict[tuple[Address, bool], BlockingNode] = {}
-        self._version = routes.version
-        self._lock = threading.Lock()  # for the table of nodes
-
-    def _node(self, address: Address, sentinel: bool = False) -> BlockingNode:
-        node = self._nodes.get((address, sentinel))
-        if node is None:
-            with self._lock:
-                node = self._nodes.get((address, sentinel))
-                if node is None:
-                    node = BlockingNode(address, self._settings[sentinel], attempts=1)
-                    self._nodes[address, sentinel] = node
-        return node
+        chosen = {False: settings, True: sentinel_settings}
+        self._nodes = NodeTable(
+            routes, lambda address, sentinel: BlockingNode(address, chosen[sentinel], attempts=1)
+        )
 
     def _send(self, send: Send) -> Any:
-        node = self._node(send.address, send.sentinel)
+        node = self._nodes.get(send.address, send.sentinel)
         return node.asking(send.args) if send.asking else node.call(None, send.args)
 
     def _drive(self, route: Route[T]) -> T:
@@ -254,18 +250,8 @@ class BlockingRouted:
             result: T = done.value
             return result
         finally:
-            if self._routes.version != self._version:
-                self._prune()
-
-    def _prune(self) -> None:
-        """Close the connections to data nodes the routes no longer use."""
-        with self._lock:
-            self._version = self._routes.version
-            used = set(self._routes.primaries())
-            gone = [key for key in self._nodes if not key[1] and key[0] not in used]
-            nodes = [self._nodes.pop(key) for key in gone]
-        for node in nodes:
-            node.close()
+            for node in self._nodes.unused():
+                node.close()
 
     def call(self, key: str | None, args: Args) -> Any:
         return self._drive(self._routes.call(key, args))
@@ -273,13 +259,10 @@ class BlockingRouted:
     def scan(self, pattern: str) -> Iterator[str]:
         self._drive(self._routes.ready())
         for address in self._routes.primaries():
-            yield from self._node(address).scan(pattern)
+            yield from self._nodes.get(address).scan(pattern)
 
     def close(self) -> None:
-        with self._lock:
-            nodes = list(self._nodes.values())
-            self._nodes.clear()
-        for node in nodes:
+        for node in self._nodes.take_all():
             node.close()
 
 

@@ -36,7 +36,7 @@ import anyio
 import hiredis
 
 from ._replies import glob_escape
-from ._routes import Pause, Route, Routes, Send
+from ._routes import NodeTable, Pause, Route, Routes, Send
 from ._wire import (
     CONNECT_ATTEMPTS,
     SCAN_COUNT,
@@ -315,19 +315,13 @@ class Routed:
 
     def __init__(self, routes: Routes, settings: Settings, sentinel_settings: Settings) -> None:
         self._routes = routes
-        self._settings = {False: settings, True: sentinel_settings}
-        self._nodes: dict[tuple[Address, bool], Node] = {}
-        self._version = routes.version
-
-    def _node(self, address: Address, sentinel: bool = False) -> Node:
-        node = self._nodes.get((address, sentinel))
-        if node is None:
-            node = Node(address, self._settings[sentinel], attempts=1)
-            self._nodes[address, sentinel] = node
-        return node
+        chosen = {False: settings, True: sentinel_settings}
+        self._nodes = NodeTable(
+            routes, lambda address, sentinel: Node(address, chosen[sentinel], attempts=1)
+        )
 
     async def _send(self, send: Send) -> Any:
-        node = self._node(send.address, send.sentinel)
+        node = self._nodes.get(send.address, send.sentinel)
         if send.asking:
             return await node.asking(send.args)
         return await node.call(None, send.args)
@@ -350,16 +344,8 @@ class Routed:
             result: T = done.value
             return result
         finally:
-            if self._routes.version != self._version:
-                self._prune()
-
-    def _prune(self) -> None:
-        """Close the connections to data nodes the routes no longer use."""
-        self._version = self._routes.version
-        used = set(self._routes.primaries())
-        for address, sentinel in list(self._nodes):
-            if not sentinel and address not in used:
-                self._nodes.pop((address, sentinel)).close()
+            for node in self._nodes.unused():
+                node.close()
 
     async def call(self, key: str | None, args: Args) -> Any:
         return await self._drive(self._routes.call(key, args))
@@ -367,13 +353,11 @@ class Routed:
     async def scan(self, pattern: str) -> AsyncIterator[str]:
         await self._drive(self._routes.ready())
         for address in self._routes.primaries():
-            async for key in self._node(address).scan(pattern):
+            async for key in self._nodes.get(address).scan(pattern):
                 yield key
 
     async def aclose(self) -> None:
-        nodes = list(self._nodes.values())
-        self._nodes.clear()
-        for node in nodes:
+        for node in self._nodes.take_all():
             await node.aclose()
 
 

@@ -285,8 +285,9 @@ class RedisFamily:
         return client, owned, url.secrets
 
     def open_sync(self, url: str) -> RedisLike:
-        if parse_redis_url(url).own_connections:
-            return _blocking.BlockingBackend(self._plan(url, asynchronous=False))
+        parsed = parse_redis_url(url)
+        if parsed.own_connections:
+            return _blocking.BlockingBackend(self._plan(url, parsed, asynchronous=False))
         client, owned, secrets = self._open(url, asynchronous=False)
         return SyncRedisBackend(self, client, owned=owned, secrets=secrets)
 
@@ -300,8 +301,9 @@ class RedisFamily:
 
     def open_async(self, url: str) -> AsyncRedisLike:
         self.require_asyncio()
-        if parse_redis_url(url).own_connections:
-            return _mux.MultiplexedBackend(self._plan(url, asynchronous=True))
+        parsed = parse_redis_url(url)
+        if parsed.own_connections:
+            return _mux.MultiplexedBackend(self._plan(url, parsed, asynchronous=True))
         client, owned, secrets = self._open(url, asynchronous=True)
         return AsyncRedisBackend(self, client, owned=owned, secrets=secrets)
 
@@ -329,10 +331,9 @@ class RedisFamily:
             primary_only=url.topology == "sentinel",
         )
 
-    def _plan(self, url_text: str, *, asynchronous: bool) -> _wire.Plan:
-        """chat-state's own connections for ``url_text``: one server, or the routes of a
-        Sentinel group or a Cluster."""
-        url = parse_redis_url(url_text)
+    def _plan(self, url_text: str, url: RedisURL, *, asynchronous: bool) -> _wire.Plan:
+        """chat-state's own connections for ``url_text`` (parsed: ``url``): one server,
+        or the routes of a Sentinel group or a Cluster."""
         plan = functools.partial(
             _wire.Plan,
             self.name,

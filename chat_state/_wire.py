@@ -196,7 +196,7 @@ class Plan:
     library: str  # the client library's name, for messages
     secrets: tuple[str, ...]  # scrubbed from every message
     settings: Settings  # the data nodes'
-    sentinel_settings: Settings  # the Sentinels' (unused elsewhere)
+    sentinel_settings: Settings  # the Sentinels' (used by a Sentinel group only)
     library_client: LibraryClient  # for get_client()
     address: Address | None = None  # one server...
     routes: Routes | None = None  # ...or a Sentinel group or Cluster

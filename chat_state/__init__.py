@@ -13,6 +13,7 @@ True
 from __future__ import annotations
 
 from ._state import AsyncState, State
+from ._validate import MAX_TTL_MS
 from .errors import (
     BackendError,
     ChatStateError,
@@ -24,6 +25,7 @@ from .memory import MemoryStore
 from .models import Lock, LockLike, QueueEntry, QueueEntryLike
 
 __all__ = [
+    "MAX_TTL_MS",
     "AsyncState",
     "BackendError",
     "ChatStateError",

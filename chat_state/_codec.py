@@ -5,6 +5,10 @@ escaped (``\\ud800``), small floats in JavaScript's form (``0.00001``, ``1.5e-7`
 NaN and infinities refused. An object with a ``to_json()`` method is written as
 what it returns, at any depth (``JSON.stringify`` does the same with ``toJSON``).
 
+Object keys must be ``str``. JSON's are strings, so ``{1: "a"}`` would come back as
+``{"1": "a"}``, and ``{1: "a", "1": "b"}`` as ``{"1": "b"}``: a value is refused
+rather than changed.
+
 Two differences remain, both deliberate: an integral float keeps Python's form
 (``1.0``, ``1e+16``), so that Python reads back the float it wrote; and integer-like
 object keys keep their insertion order (JavaScript moves them first).
@@ -25,10 +29,43 @@ __all__ = ["decode", "decode_queue_entry", "encode", "encode_queue_entry"]
 _CHAT_SDK_MESSAGE = "chat:Message"
 
 
+#: Types the encoder writes as they are, that hold no dict (the walk below skips them).
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _refuse_other_keys(value: object) -> None:
+    """Raise :class:`TypeError` if a dict in ``value`` has a key that is not a str.
+
+    The encoder would write ``1``, ``1.5``, ``True`` and ``None`` keys as strings, so the
+    value would come back changed (and ``1`` and ``"1"`` would collide). ``value`` has no
+    cycles (the encoder has accepted it, or is about to report them).
+    """
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if type(key) is not str and not isinstance(key, str):
+                raise TypeError(
+                    f"a dict key is {key!r} "
+                    f"({type(key).__name__}), not a str; JSON object keys are strings, so it "
+                    "would come back as a str (and could collide with one): convert the keys "
+                    "with str() first"
+                )
+            if type(child) not in _SCALARS:
+                _refuse_other_keys(child)
+    elif isinstance(value, (list, tuple)):
+        for child in value:
+            if type(child) not in _SCALARS:
+                _refuse_other_keys(child)
+
+
 def _to_json_hook(value: object) -> Any:
     to_json = getattr(value, "to_json", None)
     if callable(to_json):
-        return to_json()
+        result = to_json()
+        try:
+            _refuse_other_keys(result)
+        except RecursionError:
+            raise ValueError("a to_json() value nests too deeply, or contains itself") from None
+        return result
     raise TypeError(f"an object of type {type(value).__name__} is not plain JSON")
 
 
@@ -68,9 +105,10 @@ def encode(value: object) -> str:
         return "true"
     try:
         text = _encoder.encode(value)
+        _refuse_other_keys(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(f"value cannot be stored as JSON: {exc}") from None
-    if _PADDED_EXPONENT.search(text):
+    if "e-0" in text and _PADDED_EXPONENT.search(text):
         text = _STRING_OR_SMALL_FLOAT.sub(_javascript_float, text)
     if not text.isascii() and _SURROGATE.search(text):
         # A lone surrogate has no UTF-8 form; JSON.stringify escapes it.

@@ -9,6 +9,7 @@ differential test holds each twin against its Lua on a real server.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -25,7 +26,6 @@ class ScriptHost(Protocol):
     def pexpire(self, key: str, ttl_ms: int) -> int: ...
     def rpush(self, key: str, value: str) -> int: ...
     def ltrim(self, key: str, start: int, stop: int) -> None: ...
-    def llen(self, key: str) -> int: ...
 
 
 Twin = Callable[[ScriptHost, Sequence[str], Sequence[str]], int]
@@ -66,16 +66,21 @@ def _extend(host: ScriptHost, keys: Sequence[str], argv: Sequence[str]) -> int:
     return 0
 
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
 def _push(host: ScriptHost, keys: Sequence[str], argv: Sequence[str]) -> int:
     key = keys[0]
-    host.rpush(key, argv[0])
-    max_length = int(argv[1])
-    if max_length > 0:
+    if len(argv) != 3 or not (_DIGITS.fullmatch(argv[1]) and _DIGITS.fullmatch(argv[2])):
+        raise ValueError("max length and ttl must be non-negative integers")  # before writing
+    max_length, ttl = int(argv[1]), int(argv[2])
+    length = host.rpush(key, argv[0])
+    if 0 < max_length < length:
         host.ltrim(key, -max_length, -1)
-    ttl = int(argv[2])
+        length = max_length
     if ttl > 0:
         host.pexpire(key, ttl)
-    return host.llen(key)
+    return length
 
 
 RELEASE = _load("release", _release)

@@ -1,45 +1,101 @@
-"""Argument checks, run before anything is sent to a server."""
+"""Argument checks, run before anything is sent to a server.
+
+Every number an operation takes has one range, the same on every backend, chosen so
+that nothing a server or a script receives can fail there once it has started to
+write (see :data:`MAX_TTL_MS`, :data:`MAX_SIZE`, :data:`MAX_TIME_MS`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["check_lock", "check_name", "check_queue_entry", "check_size", "check_ttl"]
+__all__ = [
+    "MAX_SIZE",
+    "MAX_TIME_MS",
+    "MAX_TTL_MS",
+    "check_list_ttl",
+    "check_lock",
+    "check_name",
+    "check_queue_entry",
+    "check_size",
+    "check_text",
+    "check_ttl",
+]
+
+#: The longest TTL, in milliseconds: 2**53 - 1 (about 285,000 years), the largest
+#: integer JavaScript's numbers hold exactly, and far below what would overflow a
+#: server's clock arithmetic (now + TTL in signed 64 bits).
+MAX_TTL_MS = 2**53 - 1
+#: The largest ``max_length`` / ``max_size``: 2**63 - 1, a signed 64-bit integer, what
+#: Redis's LTRIM takes (``sys.maxsize`` on 64-bit Python).
+MAX_SIZE = 2**63 - 1
+#: The latest queue-entry time (``enqueued_at``, ``expires_at``), in Unix ms: 2**63 - 1,
+#: so that ``sys.maxsize`` can mean "never expires".
+MAX_TIME_MS = 2**63 - 1
 
 
-def check_name(name: str, value: object) -> str:
-    """A thread id or cache key: a non-empty ``str``."""
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    if not value:
-        raise ValueError(f"{name} must not be empty")
+def check_text(name: str, value: str) -> str:
+    """``value`` if it can be written as UTF-8, else :class:`ValueError`.
+
+    A lone surrogate (``"\\ud800"``) has no UTF-8 form: servers would store it as "?"
+    and it would collide with a real "?" (values escape it; names cannot).
+    """
+    if not value.isascii():  # O(1) for str: the common case costs nothing
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            surrogate = f"U+{ord(value[exc.start]):04X}"
+            raise ValueError(
+                f"{name} contains a lone surrogate ({surrogate} at index {exc.start}), which "
+                "cannot be stored as UTF-8; pass text that is valid Unicode"
+            ) from None
     return value
 
 
-def _check_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+def check_name(name: str, value: object) -> str:
+    """A thread id or cache key: a non-empty ``str`` that UTF-8 can encode."""
+    if type(value) is str and value and value.isascii():
+        return value  # the common case, in one test (isascii is O(1))
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    value = str.__str__(value)  # a str subclass (an Enum's...): its text, as sent
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+    return check_text(name, value)
+
+
+def _check_int(name: str, value: object, low: int, high: int, what: str) -> int:
+    """``value`` as a plain int from ``low`` to ``high``, or the error that says why not."""
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        value = int(value)  # an int subclass (IntEnum...): its plain value, as it is sent
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be {what} from {low} to {high}, got {value}")
     return value
 
 
 def check_ttl(name: str, value: object, *, optional: bool = False) -> int:
-    """A TTL in milliseconds: a positive ``int`` (``None`` → 0 when ``optional``)."""
+    """A TTL in milliseconds, 1 to :data:`MAX_TTL_MS` (``None`` → 0 when ``optional``)."""
+    if type(value) is int and 0 < value <= MAX_TTL_MS:
+        return value  # the common case, in one test
     if value is None and optional:
         return 0
-    ttl = _check_int(name, value)
-    if ttl <= 0:
-        raise ValueError(f"{name} must be a positive number of milliseconds, got {ttl}")
-    return ttl
+    return _check_int(name, value, 1, MAX_TTL_MS, "a number of milliseconds")
 
 
 def check_size(name: str, value: object) -> int:
-    """A maximum length: ``None`` or 0 for unbounded, else a positive ``int``."""
+    """A maximum length: ``None`` or 0 (unbounded) to :data:`MAX_SIZE`."""
     if value is None:
         return 0
-    size = _check_int(name, value)
-    if size < 0:
-        raise ValueError(f"{name} must not be negative, got {size}")
-    return size
+    return _check_int(name, value, 0, MAX_SIZE, "an int")
+
+
+def check_list_ttl(name: str, value: object) -> int:
+    """A list's TTL in milliseconds: ``None`` or 0 (keep the list's TTL) to :data:`MAX_TTL_MS`."""
+    if value is None:
+        return 0
+    return _check_int(name, value, 0, MAX_TTL_MS, "a number of milliseconds")
 
 
 def check_lock(lock: Any) -> tuple[str, str]:
@@ -57,8 +113,13 @@ def check_queue_entry(entry: Any) -> tuple[int, int, Any]:
         enqueued_at, expires_at, message = entry.enqueued_at, entry.expires_at, entry.message
     except AttributeError:
         raise TypeError(f"entry must be a QueueEntry, not {type(entry).__name__}") from None
-    return (
-        _check_int("entry.enqueued_at", enqueued_at),
-        _check_int("entry.expires_at", expires_at),
-        message,
-    )
+    if not (
+        type(enqueued_at) is int
+        and type(expires_at) is int
+        and 0 <= enqueued_at <= MAX_TIME_MS
+        and 0 <= expires_at <= MAX_TIME_MS
+    ):
+        what = "a Unix time in milliseconds"
+        enqueued_at = _check_int("entry.enqueued_at", enqueued_at, 0, MAX_TIME_MS, what)
+        expires_at = _check_int("entry.expires_at", expires_at, 0, MAX_TIME_MS, what)
+    return enqueued_at, expires_at, message

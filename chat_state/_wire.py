@@ -71,13 +71,9 @@ def backoff(attempt: int) -> float:
 
 
 def pack(args: Args) -> bytes:
-    """One command in RESP. A lone surrogate in the text is written as "?", as redis-py does."""
+    """One command in RESP (the operations have checked that every text has a UTF-8 form)."""
     # hiredis's stub types the argument as a one-element tuple; it takes any length.
-    try:
-        packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
-    except UnicodeEncodeError:
-        safe = tuple(a.encode("utf-8", "replace") if isinstance(a, str) else a for a in args)
-        packed = hiredis.pack_command(safe)  # type: ignore[arg-type]
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
     return packed
 
 

@@ -33,8 +33,9 @@ _WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 _HEAP_SLACK = 1024
 
 
-def _clock_ms() -> float:
-    return time.monotonic() * 1000.0
+def _clock_ms() -> int:
+    # Whole milliseconds, as a server counts them: TTL arithmetic stays exact at any size.
+    return time.monotonic_ns() // 1_000_000
 
 
 class MemoryStore:
@@ -46,8 +47,8 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._data: dict[str, _Value] = {}
-        self._deadlines: dict[str, float] = {}
-        self._heap: list[tuple[float, str]] = []
+        self._deadlines: dict[str, int] = {}
+        self._heap: list[tuple[int, str]] = []
         self.lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -130,7 +131,7 @@ class MemoryStore:
             if self._live(key) is None:
                 return -2
             deadline = self._deadlines.get(key)
-            return -1 if deadline is None else max(0, round(deadline - _clock_ms()))
+            return -1 if deadline is None else max(0, deadline - _clock_ms())
 
     def sadd(self, key: str, member: str) -> int:
         with self.lock:

@@ -19,7 +19,16 @@ from typing import Any, Literal, TypeVar
 
 from . import _codec
 from ._scripts import EXTEND, PUSH, RELEASE, Script
-from ._validate import check_lock, check_name, check_queue_entry, check_size, check_ttl
+from ._validate import (
+    MAX_TTL_MS,
+    check_list_ttl,
+    check_lock,
+    check_name,
+    check_queue_entry,
+    check_size,
+    check_text,
+    check_ttl,
+)
 from .errors import ConfigurationError
 from .models import Lock, QueueEntry
 from .protocols import Arg
@@ -87,7 +96,10 @@ class Layout:
         self.queue_fields = QUEUE_FIELDS[queue_format]
         # An empty prefix falls back to the default, as in TypeScript, so that no
         # key ever starts with ":" and both languages agree on the key names.
-        self.prefix = prefix or DEFAULT_PREFIX
+        try:
+            self.prefix = check_text("key_prefix", prefix) or DEFAULT_PREFIX
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         self.all = f"{self.prefix}:"  # what every key of this state starts with
         self.subscriptions = f"{self.prefix}:subscriptions"
         self._lock = f"{self.prefix}:lock:"
@@ -132,7 +144,8 @@ def is_subscribed(layout: Layout, thread_id: str) -> Operation[bool]:
 
 
 def acquire_lock(layout: Layout, thread_id: str, ttl_ms: int) -> Operation[Lock | None]:
-    key = layout.lock(check_name("thread_id", thread_id))
+    thread_id = check_name("thread_id", thread_id)
+    key = layout.lock(thread_id)
     ttl = check_ttl("ttl_ms", ttl_ms)
     token = new_token()
     # Read the clock before sending: expires_at must never overstate the lock's life.
@@ -187,7 +200,7 @@ def append_to_list(
     list_key = layout.list(check_name("key", key))
     # 0 means "unbounded" / "keep the list's TTL", as in Redis and TypeScript.
     size = check_size("max_length", max_length)
-    ttl = check_size("ttl_ms", ttl_ms)
+    ttl = check_list_ttl("ttl_ms", ttl_ms)
     yield ScriptCall(PUSH, (list_key,), (_codec.encode(value), size, ttl))
 
 
@@ -201,7 +214,9 @@ def enqueue(layout: Layout, thread_id: str, entry: Any, max_size: int) -> Operat
     size = check_size("max_size", max_size)
     enqueued_at, expires_at, message = check_queue_entry(entry)
     text = _codec.encode_queue_entry(layout.queue_fields, enqueued_at, expires_at, message)
-    ttl = max(expires_at - now_ms(), QUEUE_MIN_TTL_MS)
+    # As in TypeScript, at least a minute; an entry that never expires (``sys.maxsize``)
+    # keeps the queue for MAX_TTL_MS, until a later enqueue sets the TTL from its entry.
+    ttl = min(max(expires_at - now_ms(), QUEUE_MIN_TTL_MS), MAX_TTL_MS)
     depth = yield ScriptCall(PUSH, (queue_key,), (text, size, ttl))
     return int(depth)
 

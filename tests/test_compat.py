@@ -138,6 +138,11 @@ TWIN_CASES: list[tuple[Script, str | list[str] | None, int | None, list[str]]] =
     (PUSH, ["1", "2", "3"], 5_000, ['"a"', "0", "0"]),
     (PUSH, ["1", "2", "3"], 5_000, ['"a"', "10", "9000"]),
     (PUSH, ["1"], None, ['"a"', "1", "60000"]),
+    # The ends of the ranges (Lua would write these numbers as "1e+16" and refuse them).
+    (PUSH, ["1", "2"], None, ['"a"', "9223372036854775807", "9007199254740991"]),
+    (PUSH, ["1", "2"], 5_000, ['"a"', "10000000000000000", "10000000000000000"]),
+    (PUSH, ["1", "2", "3"], None, ['"a"', "1", "1"]),
+    (EXTEND, "tok", 5_000, ["tok", "9007199254740991"]),
 ]
 
 
@@ -175,6 +180,39 @@ def test_python_twin_matches_lua(
         assert _observe(store, key, is_list) == _observe(server, key, is_list)
     finally:
         server.delete(key)
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ['"a"', "x", "0"],
+        ['"a"', "0", ""],
+        ['"a"', "1"],
+        ['"a"', "1.5", "0"],
+        ['"a"', "0", "1e3"],
+        ['"a"', "0x10", "0"],
+        ['"a"', "0", "inf"],
+        ['"a"', "-1", "0"],
+        ['"a"', "1_0", "0"],
+        ['"a"', " 1", "0"],
+    ],
+)
+def test_the_push_script_refuses_bad_numbers_before_it_writes(
+    redis_url: str, argv: list[str]
+) -> None:
+    """A script never fails after its first write: what it cannot use, it refuses first."""
+    server = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = MemoryStore()
+    try:
+        server.delete("twin:bad")
+        with pytest.raises(redis.ResponseError):
+            server.eval(PUSH.source, 1, "twin:bad", *argv)
+        assert server.exists("twin:bad") == 0
+        with pytest.raises(ValueError, match="non-negative integers"):
+            PUSH.twin(store, ["twin:bad"], argv)
+        assert store.live_keys() == []
+    finally:
         server.close()
 
 

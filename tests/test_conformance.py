@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from typing import Any
 
@@ -10,13 +11,16 @@ import anyio
 import pytest
 
 from chat_state import (
+    MAX_TTL_MS,
     BackendError,
+    ConfigurationError,
     Lock,
     NotConnectedError,
     QueueEntry,
     SerializationError,
     State,
 )
+from chat_state._validate import MAX_SIZE
 from chat_state.operations import now_ms
 
 from .conftest import AsAsync, Target
@@ -386,6 +390,30 @@ BAD_CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any], type[Exception], str
     ("enqueue", ("q", {"message": 1}, 5), {}, TypeError, "entry"),
     ("enqueue", ("q", QueueEntry(1, "2", "m"), 5), {}, TypeError, "entry.expires_at"),  # type: ignore[arg-type]
     ("enqueue", ("", QueueEntry(1, 2, "m"), 5), {}, ValueError, "thread_id"),
+    # Numbers beyond their documented range: refused before anything is written.
+    ("acquire_lock", ("t", MAX_TTL_MS + 1), {}, ValueError, "ttl_ms must be .* from 1 to"),
+    ("acquire_lock", ("t", 10**20), {}, ValueError, "ttl_ms"),
+    ("extend_lock", (Lock("t", "x", 0), 10**20), {}, ValueError, "ttl_ms"),
+    ("set", ("k", 1, 10**20), {}, ValueError, "ttl_ms"),
+    ("set_if_not_exists", ("k", 1, MAX_TTL_MS + 1), {}, ValueError, "ttl_ms"),
+    ("append_to_list", ("l", 1), {"ttl_ms": sys.maxsize}, ValueError, "ttl_ms"),
+    ("append_to_list", ("l", 1), {"max_length": 2**63}, ValueError, "max_length"),
+    ("enqueue", ("q", QueueEntry(1, 2, "m"), 2**63), {}, ValueError, "max_size"),
+    ("enqueue", ("q", QueueEntry(1, 10**20, "m"), 5), {}, ValueError, "entry.expires_at"),
+    ("enqueue", ("q", QueueEntry(-1, 2, "m"), 5), {}, ValueError, "entry.enqueued_at"),
+    ("enqueue", ("q", QueueEntry(1, -2, "m"), 5), {}, ValueError, "entry.expires_at"),
+    # Text that UTF-8 cannot encode (a server would store "?"), in names: refused.
+    ("set", ("a\ud800", 1), {}, ValueError, "key contains a lone surrogate"),
+    ("subscribe", ("t\udfff",), {}, ValueError, "thread_id contains a lone surrogate"),
+    ("acquire_lock", ("\ud800", 1000), {}, ValueError, "thread_id"),
+    ("release_lock", (Lock("t", "tok\ud800", 0),), {}, ValueError, "lock.token"),
+    ("append_to_list", ("l\ud800", 1), {}, ValueError, "key"),
+    ("enqueue", ("q\ud800", QueueEntry(1, 2, "m"), 5), {}, ValueError, "thread_id"),
+    # Dict keys that JSON would turn into strings (and that could collide): refused.
+    ("set", ("k", {1: "a", "1": "b"}), {}, SerializationError, "dict key is 1"),
+    ("set", ("k", {"deep": [{None: 1}]}), {}, SerializationError, "dict key is None"),
+    ("append_to_list", ("l", {2.5: "x"}), {}, SerializationError, "dict key"),
+    ("enqueue", ("q", QueueEntry(1, 2, {True: 1}), 5), {}, SerializationError, "dict key"),
 ]
 
 
@@ -406,6 +434,42 @@ async def test_bad_input_raises_and_writes_nothing(
     with pytest.raises(error, match=names):
         await getattr(state, method)(*args, **kwargs)
     assert target.raw.keys(target.prefix) == []
+
+
+async def test_a_key_prefix_that_utf8_cannot_encode_is_refused(make_state: Any) -> None:
+    with pytest.raises(ConfigurationError, match="key_prefix contains a lone surrogate"):
+        make_state(key_prefix="p\ud800")
+
+
+async def test_numbers_at_the_edges_of_their_ranges(state: Any, target: Target) -> None:
+    """The largest and smallest numbers each argument takes work alike on every backend."""
+    lock = await state.acquire_lock("t", MAX_TTL_MS)
+    assert lock is not None
+    assert MAX_TTL_MS - 60_000 < target.raw.pttl(target.key("lock", "t")) <= MAX_TTL_MS
+    assert await state.extend_lock(lock, MAX_TTL_MS) is True
+    assert await state.extend_lock(lock, 1) is True  # the shortest: gone a moment later
+    await anyio.sleep(0.05)
+    assert await state.acquire_lock("t", 1) is not None
+    await state.set("k", {"big": 2**70, "tiny": 5e-324}, MAX_TTL_MS)
+    assert await state.get("k") == {"big": 2**70, "tiny": 5e-324}
+    assert MAX_TTL_MS - 60_000 < target.raw.pttl(target.key("cache", "k")) <= MAX_TTL_MS
+    assert await state.set_if_not_exists("n", "", MAX_TTL_MS) is True
+    assert await state.get("n") == ""
+    await state.append_to_list("l", 1, max_length=MAX_SIZE, ttl_ms=MAX_TTL_MS)
+    await state.append_to_list("l", 2, max_length=MAX_SIZE, ttl_ms=0)
+    assert await state.get_list("l") == [1, 2]
+    assert MAX_TTL_MS - 60_000 < target.raw.pttl(target.key("list", "l")) <= MAX_TTL_MS
+    await state.append_to_list("l", 3, max_length=1)
+    assert await state.get_list("l") == [3]
+    # An entry that never expires (sys.maxsize): the queue lives for MAX_TTL_MS.
+    never = QueueEntry(now_ms(), sys.maxsize, {"text": "keep me"})
+    assert await state.enqueue("q", never, MAX_SIZE) == 1
+    assert MAX_TTL_MS - 60_000 < target.raw.pttl(target.key("queue", "q")) <= MAX_TTL_MS
+    assert await state.dequeue("q") == never
+    epoch = QueueEntry(0, 0, "the oldest times")
+    assert await state.enqueue("q0", epoch, 1) == 1
+    assert 59_000 < target.raw.pttl(target.key("queue", "q0")) <= 60_000
+    assert await state.dequeue("q0") == epoch
 
 
 async def test_server_errors_are_backend_errors(state: Any, target: Target) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import pytest
@@ -172,3 +173,21 @@ def test_queue_commands(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_input_fails_before_any_call(operation: Any) -> None:
     with pytest.raises((ValueError, TypeError, SerializationError)):
         next(operation())
+
+
+class Color(str, enum.Enum):
+    RED = "red"
+
+
+class Size(enum.IntEnum):
+    BIG = 5
+
+
+def test_enum_members_are_sent_as_their_plain_values() -> None:
+    """A str or int subclass goes out as the text or number it stands for."""
+    calls, lock = drive(ops.acquire_lock(KEYS, Color.RED, Size.BIG), [True])
+    assert type(lock.thread_id) is str  # the Lock holds what was sent
+    assert calls[0].args[0] == "p:lock:red"
+    assert type(calls[0].args[0]) is str
+    assert calls[0].args[2] == 5
+    assert type(calls[0].args[2]) is int

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 import importlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, TypeVar
 
 from . import _blocking, _mux, _routes, _wire
 from ._loops import on_asyncio
-from ._replies import anext_or_none, backend_error, glob_escape, scrub, text
+from ._replies import anext_or_none, backend_error, configuration_error, glob_escape, text
 from ._urls import RedisURL, parse_redis_url
 from .errors import BackendError, ConfigurationError
 from .protocols import Arg, AsyncRedisLike, NoScriptError, RedisLike
@@ -280,9 +281,10 @@ class RedisFamily:
         except self.errors as exc:
             raise self.backend_error(exc, url.secrets) from exc
         except (TypeError, ValueError) as exc:
-            detail = scrub(str(exc), url.secrets)
-            raise ConfigurationError(f"cannot build a {self.name} client: {detail}") from None
-        return client, owned, url.secrets
+            error = configuration_error(f"cannot build a {self.name} client", exc, url.secrets)
+        else:
+            return client, owned, url.secrets
+        raise error
 
     def open_sync(self, url: str) -> RedisLike:
         parsed = parse_redis_url(url)
@@ -308,16 +310,21 @@ class RedisFamily:
         return AsyncRedisBackend(self, client, owned=owned, secrets=secrets)
 
     @staticmethod
-    def _settings(url: RedisURL, sentinel: bool = False) -> _wire.Settings:
+    def _tls(url: RedisURL) -> ssl.SSLContext | None:
+        """The TLS context of chat-state's own connections for ``url`` (None without TLS)."""
+        if not url.tls:
+            return None
+        options = {k.removeprefix("ssl_"): v for k, v in url.tls_kwargs().items() if k != "ssl"}
+        try:
+            return _wire.ssl_context(**options)
+        except (OSError, ValueError) as exc:
+            error = configuration_error("cannot set up TLS", exc, url.secrets)
+        raise error
+
+    @classmethod
+    def _settings(cls, url: RedisURL, sentinel: bool = False) -> _wire.Settings:
         """How chat-state's own connections to the data nodes (or the Sentinels) open."""
-        tls = None
-        if url.tls:
-            options = {k.removeprefix("ssl_"): v for k, v in url.tls_kwargs().items() if k != "ssl"}
-            try:
-                tls = _wire.ssl_context(**options)
-            except (OSError, ValueError) as exc:
-                detail = scrub(str(exc), url.secrets)
-                raise ConfigurationError(f"cannot set up TLS: {detail}") from None
+        tls = cls._tls(url)
         timeouts = (url.connect_timeout, url.socket_timeout)
         if sentinel:
             kwargs = url.sentinel_kwargs()

@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
-from .errors import BackendError
+from .errors import BackendError, ConfigurationError
 
-__all__ = ["anext_or_none", "backend_error", "glob_escape", "scrub", "text"]
+__all__ = [
+    "anext_or_none",
+    "backend_error",
+    "configuration_error",
+    "glob_escape",
+    "scrub",
+    "text",
+]
 
 T = TypeVar("T")
 
@@ -29,6 +36,17 @@ def backend_error(library: str, exc: BaseException, secrets: Sequence[str]) -> B
     """Our error for a client library's ``exc``, with every secret scrubbed."""
     detail = scrub(f"{type(exc).__name__}: {exc}", secrets)
     return BackendError(f"{library} command failed: {detail}")
+
+
+def configuration_error(
+    what: str, exc: BaseException, secrets: Sequence[str]
+) -> ConfigurationError:
+    """Our error for a library that refused its configuration (``exc``), secrets scrubbed.
+
+    Raise it *outside* the ``except`` block: ``exc`` is neither its cause nor its context,
+    since its message may quote what was scrubbed here.
+    """
+    return ConfigurationError(f"{what}: {scrub(str(exc), secrets)}")
 
 
 def glob_escape(literal: str) -> str:

@@ -19,14 +19,15 @@ and ``rediss+cluster://``, ``rediss+sentinel://``, and the same set with
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlsplit
 
 from .errors import ConfigurationError
 
-__all__ = ["SCHEMES", "RedisURL", "parse_redis_url"]
+__all__ = ["SCHEMES", "RedisURL", "parse_redis_url", "redact_url", "shown_scheme"]
 
 Topology = Literal["standalone", "unix", "cluster", "sentinel"]
 
@@ -57,13 +58,20 @@ _CERT_REQS = ("required", "optional", "none")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
+#: The longest timeout a URL may set (seconds): a day. A socket cannot wait much longer
+#: than 2**63 ns, and no reply is worth waiting a day for.
+MAX_TIMEOUT_S = 86_400.0
+
+
 def _positive_float(name: str, text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0 or value == float("inf"):
-        raise ConfigurationError(f"URL option {name} must be a positive number of seconds")
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise ConfigurationError(
+            f"URL option {name} must be a positive number of seconds, at most {MAX_TIMEOUT_S:g}"
+        )
     return value
 
 
@@ -121,6 +129,62 @@ _OPTIONS: dict[str, tuple[Callable[[str, str], Any], tuple[Topology, ...], bool]
 
 #: Query options whose values are secrets (redacted wherever a URL is shown).
 SECRET_OPTIONS = ("sentinel_password",)
+#: Where a secret option's value ends: at the next known option, else at the very end (a
+#: password with an unencoded "&", "#" or "@" is still hidden whole).
+_NEXT_OPTION = re.compile(rf"&(?:{'|'.join(_OPTIONS)})=")
+#: Where an option's name starts (``?`` or ``&``) and ends (``=``), in the raw query.
+_OPTION_NAME = re.compile(r"[?&]([^=&#?]*)=")
+#: What a URL scheme looks like (RFC 3986); anything else before "://" is not shown.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}")
+_ENCODE_HINT = (
+    "; if a password contains '/', '?', '#', '@' or '&', percent-encode it "
+    "(urllib.parse.quote(password, safe=''))"
+)
+
+
+def _secret_name(raw: str) -> bool:
+    """Whether an option's raw name is a secret one, however it is encoded or cased."""
+    return unquote_plus(raw).lower() in SECRET_OPTIONS
+
+
+def redact_url(url: str) -> str:
+    """``url`` with every secret replaced by ``***``, however malformed it is.
+
+    Everything after ``://`` up to the last ``@`` before the query's secret options is
+    secret, the user name too (a password may hold a ``:``), and so is the value of a
+    secret option (its name matched decoded and in any case) up to the next known
+    option or the end. Text before ``://`` that is not a scheme is hidden too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    elif not _SCHEME.fullmatch(scheme):
+        scheme = "***"
+    pieces: list[str] = []
+    while (secret := _next_secret(rest)) is not None:
+        following = _NEXT_OPTION.search(rest, secret)
+        pieces.append(rest[:secret] + "***")
+        rest = rest[following.start() :] if following else ""
+    pieces.append(rest)
+    _, at, hosts = pieces[0].rpartition("@")
+    if at:
+        pieces[0] = f"***@{hosts}"
+    redacted = "".join(pieces)
+    return f"{scheme}://{redacted}" if sep else redacted
+
+
+def _next_secret(text: str) -> int | None:
+    """Where the value of the first secret option in ``text`` starts, if there is one."""
+    for match in _OPTION_NAME.finditer(text):
+        if _secret_name(match.group(1)):
+            return match.end()
+    return None
+
+
+def shown_scheme(url: str) -> str:
+    """The URL's scheme for a message, or "(none)" if what precedes ``://`` is not one."""
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}://" if sep and _SCHEME.fullmatch(scheme) else "(none)"
 
 
 @dataclass(frozen=True)
@@ -142,7 +206,9 @@ class RedisURL:
     @property
     def secrets(self) -> list[str]:
         """Every secret in the URL, to scrub from messages."""
-        found = [self.password, self.options.get("sentinel_password")]
+        # A user name with no password may be a password that lost its ":".
+        user = self.username if self.password is None else None
+        found = [self.password, self.options.get("sentinel_password"), user]
         return [s for s in found if s]
 
     @property
@@ -219,17 +285,32 @@ def _credentials(userinfo: str) -> tuple[str | None, str | None]:
     return unquote(user) or None, unquote(password) if has_password else None
 
 
-def _options(query: str, scheme: str, topology: Topology, tls: bool) -> dict[str, Any]:
+def _query_pairs(query: str) -> list[tuple[str, str]]:
     try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+        return parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
-        raise ConfigurationError("the URL's query string cannot be parsed") from None
+        pass  # its message quotes the query: raise ours outside, with no context
+    raise ConfigurationError("the URL's query string cannot be parsed")
+
+
+def _options(
+    query: str, scheme: str, topology: Topology, tls: bool, *, echo: bool
+) -> dict[str, Any]:
+    """The typed options; ``echo``: whether an unknown option's name may be shown (not
+    when it may be part of a password that was not percent-encoded)."""
     options: dict[str, Any] = {}
-    for name, value in pairs:
+    previous = ""
+    for name, value in _query_pairs(query):
         spec = _OPTIONS.get(name)
         if spec is None:
             known = ", ".join(_OPTIONS)
-            raise ConfigurationError(f"unknown URL option {name!r}; known options: {known}")
+            if echo and previous not in SECRET_OPTIONS and not _secret_name(name):
+                raise ConfigurationError(f"unknown URL option {name!r}; known options: {known}")
+            raise ConfigurationError(
+                f"an unknown URL option (not shown: it may be part of a password){_ENCODE_HINT}; "
+                f"known options: {known}"
+            )
+        previous = name
         parse, topologies, needs_tls = spec
         if topology not in topologies:
             raise ConfigurationError(f"URL option {name} does not apply to {scheme}://")
@@ -264,21 +345,38 @@ def _service_and_db(
 
 
 def parse_redis_url(url: str) -> RedisURL:
-    """Parse ``url`` or raise :class:`ConfigurationError` (never showing its password)."""
+    """Parse ``url`` or raise :class:`ConfigurationError` (never showing its password).
+
+    No exception of this function carries a part of the URL in its chain.
+    """
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in SCHEMES:
-        raise ConfigurationError(f"not a Redis URL scheme: {scheme or '(none)'}")
-    family, topology, tls = SCHEMES[scheme]
+        raise ConfigurationError(f"not a Redis URL scheme: {shown_scheme(url)}")
     try:
         parts = urlsplit(f"x://{rest}")  # urlsplit's netloc rules, without its port parsing
     except ValueError:
-        raise ConfigurationError(f"the {scheme}:// URL cannot be parsed") from None
+        parts = None  # raised below, with no context
+    # An "@" after the host: a password with an unencoded "/", "?" or "#" was cut there.
+    mangled = parts is None or "@" in rest[len(parts.netloc) :]
+    try:
+        if parts is None:
+            raise ConfigurationError(f"the {scheme}:// URL cannot be parsed")
+        return _parse(scheme, parts, echo=not mangled)
+    except ConfigurationError as exc:
+        if not mangled:
+            raise
+        error = ConfigurationError(f"{exc}{_ENCODE_HINT}")
+    raise error  # outside the handler: no context
+
+
+def _parse(scheme: str, parts: SplitResult, *, echo: bool) -> RedisURL:
+    family, topology, tls = SCHEMES[scheme]
     if parts.fragment:
         raise ConfigurationError("a Redis URL has no #fragment")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     username, password = _credentials(userinfo)
-    options = _options(parts.query, scheme, topology, tls)
+    options = _options(parts.query, scheme, topology, tls, echo=echo)
     db = options.pop("db", 0)
     path = unquote(parts.path)
     if topology == "unix":

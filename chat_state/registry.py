@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
-from ._urls import SCHEMES, SECRET_OPTIONS
+from ._urls import SCHEMES, redact_url, shown_scheme
 from .errors import ConfigurationError
 from .protocols import BackendFactory
 
@@ -58,26 +56,6 @@ _CLIENT_PACKAGES: dict[str, _Driver] = {
     "valkey": _DRIVERS["valkey"],
     "coredis": _DRIVERS["coredis"],
 }
-
-
-_SECRET_QUERY = re.compile(rf"(?<![^?&])((?:{'|'.join(SECRET_OPTIONS)})=)[^&#]*")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its passwords (user info, secret query options) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        query = _SECRET_QUERY.sub(r"\1***", parts.query)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hosts = netloc.rpartition("@")
-            user, has_password, _ = userinfo.partition(":")
-            netloc = f"{user}:***@{hosts}" if has_password else netloc
-        if (netloc, query) == (parts.netloc, parts.query):
-            return url
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
-    except ValueError:
-        return "<unparseable URL>"
 
 
 def _load(driver: _Driver, what: str) -> BackendFactory:
@@ -128,10 +106,8 @@ def factory_for_url(url: str, driver: str | None = None) -> BackendFactory:
     """The backend factory for ``url``, or :class:`ConfigurationError`."""
     if not isinstance(url, str):
         raise ConfigurationError(f"url must be a str, not {type(url).__name__}")
-    try:
-        scheme = urlsplit(url).scheme.lower()
-    except ValueError:
-        raise ConfigurationError(f"bad URL: {redact_url(url)}") from None
+    scheme, sep, _ = url.partition("://")
+    scheme = scheme.lower() if sep else ""
     if driver is not None and driver not in _DRIVERS:
         raise ConfigurationError(
             f"unknown driver {driver!r}; known drivers: {', '.join(sorted(_DRIVERS))}"
@@ -147,8 +123,7 @@ def factory_for_url(url: str, driver: str | None = None) -> BackendFactory:
     if plugin is None or driver is not None:
         known = ", ".join(f"{name}://" for name in known_schemes())
         raise ConfigurationError(
-            f"unknown URL scheme {scheme + '://' if scheme else '(none)'} in "
-            f"{redact_url(url)!r}; known schemes: {known}"
+            f"unknown URL scheme {shown_scheme(url)} in {redact_url(url)!r}; known schemes: {known}"
         )
     return plugin
 

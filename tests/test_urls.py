@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from chat_state import ConfigurationError, State
-from chat_state._urls import parse_redis_url
-from chat_state.registry import redact_url
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chat_state import AsyncState, ConfigurationError, State
+from chat_state._urls import parse_redis_url, redact_url
 
 
 def test_standalone() -> None:
@@ -106,6 +109,110 @@ def test_secrets_stay_out_of_errors_and_reprs() -> None:
     assert "hunter2" not in repr(state)
     assert "sekrit" not in repr(state)
     assert "sentinel_password=***" in repr(state)
-    assert redact_url("redis://u@h") == "redis://u@h"
-    assert redact_url("redis://:pw@h/0") == "redis://:***@h/0"
+    # The whole user info is hidden: a password may hold a ":", or have lost its own.
+    assert redact_url("redis://u@h") == "redis://***@h"
+    assert redact_url("user:pw@h") == "***@h"
+    assert redact_url("redis://:pw@h/0") == "redis://***@h/0"
     assert "x=1&sentinel_password=***" in redact_url("redis+sentinel://s/m?x=1&sentinel_password=a")
+
+
+# -- passwords in URLs that are not well formed ---------------------------------------------
+
+#: Password text: runs of letters no message of ours has, between the characters that a
+#: URL gives a meaning to (and that a base64 password has: "/", "+", "=").
+_RUN = st.text(alphabet="QXZJKVW", min_size=4, max_size=6)
+_SPECIAL = st.sampled_from(["/", "?", "#", "@", "&", "=", ":", "+", "%", " ", "%2", "/?"])
+PASSWORDS = st.lists(st.tuples(_RUN, _SPECIAL), min_size=1, max_size=3).map(
+    lambda parts: "".join(run + special for run, special in parts) + "QQQQ"
+)
+SCHEMES_TRIED = [
+    "redis", "rediss", "valkey", "unix", "redis+cluster", "redis+sentinel", "rediss+sentinel",
+    "redis-cluster", "reddis", "redis+sentinal", "REDIS", "",
+]  # fmt: skip
+SHAPES = [
+    "{scheme}://:{pw}@127.0.0.1:6390/0",
+    "{scheme}://user:{pw}@h1:1,h2:2/mymaster",
+    "{scheme}://{pw}@127.0.0.1",
+    "{scheme}:{pw}@127.0.0.1",
+    "{scheme}://h1:1,h2:2/mymaster?sentinel_password={pw}&socket_timeout=1",
+    "{scheme}://:{pw}@h1/mymaster?sentinel_password={pw}",
+    "{scheme}://:{pw}@/run/redis.sock?db=1",
+    "{scheme}://h1/mymaster?sentinel%5Fpassword={pw}",  # an encoded option name
+    "{scheme}://h1/mymaster?Sentinel_Password={pw}&db=1",
+    "user:{pw}@{scheme}://127.0.0.1",  # user info before the scheme
+]
+
+
+def leaks(text: str, password: str) -> list[str]:
+    """The runs of ``password``'s letters that ``text`` shows."""
+    runs = "".join(c if c in "QXZJKVW" else " " for c in password).split()
+    return [run for run in runs if run in text]
+
+
+def chain(exc: BaseException | None) -> list[BaseException]:
+    """``exc`` and every exception chained to it, as cause or as context."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    password=PASSWORDS,
+    scheme=st.sampled_from(SCHEMES_TRIED),
+    shape=st.sampled_from(SHAPES),
+)
+def test_no_part_of_a_password_ever_shows(password: str, scheme: str, shape: str) -> None:
+    """Whatever the URL's form, well formed or not, known scheme or mistyped: no error,
+    chained error, repr or redacted form shows any part of the password."""
+    url = shape.format(scheme=scheme, pw=password)
+    shown = [redact_url(url)]
+    for facade in (State, AsyncState):
+        try:
+            state: Any = facade.from_url(url)
+        except ConfigurationError as exc:
+            shown.extend(f"{error!s} {error!r}" for error in chain(exc))
+        else:
+            shown.append(repr(state))
+    for text in shown:
+        assert not leaks(text, password), (url, text)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis-cluster://:ab/s3cr3tPW@host:1234",  # the issue's examples
+        "reddis://:ab/s3cr3tPW@host:1234",
+        "redis+sentinel://:pw@h1,h2/mymaster?sentinel_password=ab&PW9xTail=1",
+        "redis+sentinel://h1,h2/mymaster?sentinel_password=ab&PW9xTail",
+        "redis://:pa?s3cr3tPW@host",
+        "redis://:pa#s3cr3tPW@host",
+        "redis://:ab/s3cr3tPW@host:1234",
+    ],
+)
+def test_the_issues_urls_show_no_password(url: str) -> None:
+    secret = "s3cr3tPW" if "s3cr3tPW" in url else "PW9xTail"
+    with pytest.raises(ConfigurationError) as caught:
+        State.from_url(url)
+    for error in chain(caught.value):
+        assert secret not in f"{error!s} {error!r}"
+        assert "PW9x" not in str(error)
+    assert secret not in redact_url(url)
+    if "@" in url.partition("://")[2]:
+        assert "percent-encode" in str(caught.value) or "unknown URL scheme" in str(caught.value)
+
+
+def test_a_user_name_alone_may_be_a_password() -> None:
+    url = parse_redis_url("redis://s3cr3tPW@h")
+    assert url.secrets == ["s3cr3tPW"]  # scrubbed from every message of ours
+    assert "s3cr3tPW" not in repr(State.from_url("redis://s3cr3tPW@h"))
+
+
+@pytest.mark.parametrize("option", ["socket_timeout", "socket_connect_timeout"])
+def test_timeouts_are_bounded(option: str) -> None:
+    assert parse_redis_url(f"redis://h?{option}=86400").options[option] == 86400
+    for value in ("86401", "1e300", "inf", "nan", "0"):
+        with pytest.raises(ConfigurationError, match=f"{option} must be a positive number"):
+            parse_redis_url(f"redis://h?{option}={value}")

@@ -16,7 +16,13 @@ from coredis.typing import Node
 
 from chat_state._loops import spawn_detached
 from chat_state._portal import PortalBackend
-from chat_state._replies import anext_or_none, backend_error, glob_escape, scrub, text
+from chat_state._replies import (
+    anext_or_none,
+    backend_error,
+    configuration_error,
+    glob_escape,
+    text,
+)
 from chat_state._urls import RedisURL, parse_redis_url
 from chat_state.errors import ConfigurationError
 from chat_state.protocols import Arg, AsyncRedisLike, NoScriptError, RedisLike
@@ -216,9 +222,10 @@ class CoredisFactory:
         try:
             client, enter = self._build(parsed)
         except (TypeError, ValueError) as exc:
-            detail = scrub(str(exc), parsed.secrets)
-            raise ConfigurationError(f"cannot build a coredis client: {detail}") from None
-        return AsyncCoredisBackend(client, enter=enter, secrets=parsed.secrets)
+            error = configuration_error("cannot build a coredis client", exc, parsed.secrets)
+        else:
+            return AsyncCoredisBackend(client, enter=enter, secrets=parsed.secrets)
+        raise error
 
     def open_sync(self, url: str) -> RedisLike:
         parse_redis_url(url)

@@ -20,6 +20,7 @@ from .errors import (
     ConfigurationError,
     NotConnectedError,
     SerializationError,
+    WrongLoopError,
 )
 from .memory import MemoryStore
 from .models import Lock, LockLike, QueueEntry, QueueEntryLike
@@ -38,6 +39,7 @@ __all__ = [
     "QueueEntryLike",
     "SerializationError",
     "State",
+    "WrongLoopError",
 ]
 
 __version__ = "0.1.0"

@@ -28,8 +28,10 @@ the blocking connections of :mod:`chat_state._blocking` run too).
 from __future__ import annotations
 
 import asyncio
+import select
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from time import monotonic as _monotonic
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -60,6 +62,10 @@ __all__ = ["MultiplexedBackend", "Node", "Routed", "Standalone"]
 
 T = TypeVar("T")
 
+#: A connection quiet for longer than this (seconds) is checked before it is used: its
+#: loop may not have run since the server closed it (cheap: one poll, only after a lull).
+QUIET_CHECK_S = 0.05
+
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark a future's exception as seen (for futures whose reply nobody awaits)."""
@@ -80,11 +86,24 @@ class _Link(asyncio.Protocol):
         self._waiting: list[asyncio.Future[Any]] = []  # their futures
         self._timer: asyncio.TimerHandle | None = None
         self._failure: str | None = None
+        self._written_at = _monotonic()  # when the last write went out
         self.closed = self._loop.create_future()  # done once the transport is gone
 
     @property
     def usable(self) -> bool:
         return self._failure is None and self._transport is not None
+
+    def stale(self) -> bool:
+        """Whether the server closed this quiet connection unseen: then it fails it.
+
+        A quiet connection is checked before a command goes down it, since its loop may
+        not have run since the server closed it: a command that was never sent can go
+        down a fresh connection instead.
+        """
+        if self._outbox or self._transport is None or not _readable(self._transport):
+            return False
+        self.fail("the server closed the connection while it was idle", graceful=True)
+        return True
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -136,6 +155,7 @@ class _Link(asyncio.Protocol):
         self._outbox.clear()
         self._waiting = []
         self._transport.write(data)
+        self._written_at = _monotonic()
         if self._timer is None:
             self._timer = self._loop.call_at(deadline, self._watch)
 
@@ -169,6 +189,19 @@ class _Link(asyncio.Protocol):
         for future in futures:
             if not future.done():
                 future.set_exception(ConnectionLost(self._failure))
+
+
+def _readable(transport: asyncio.BaseTransport) -> bool:
+    """Whether an idle connection's socket has something to read: the server closed it
+    (or sent what no command asked for)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    if not hasattr(select, "poll"):  # Windows
+        return bool(select.select([sock], [], [], 0)[0])
+    poll = select.poll()
+    poll.register(sock.fileno(), select.POLLIN)
+    return bool(poll.poll(0))
 
 
 async def _open_link(address: Address, settings: Settings) -> _Link:
@@ -251,7 +284,17 @@ class Node:
         ``key`` is the router's argument (which node); one node ignores it.
         """
         link = self._link
-        if link is None or not link.usable:
+        # A connection quiet for QUIET_CHECK_S is checked first (tested inline: a call
+        # on every command would cost more than the test).
+        if (
+            link is None
+            or not link.usable
+            or (
+                not link._pending
+                and _monotonic() - link._written_at >= QUIET_CHECK_S
+                and link.stale()
+            )
+        ):
             link = await self.link()
         reply = await link.send(args)
         if isinstance(reply, ServerError):

@@ -6,6 +6,7 @@ operation from :mod:`chat_state.operations` through a driver.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -16,10 +17,14 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 
 from . import operations as ops
 from ._drivers import run_async, run_sync
-from .errors import ConfigurationError, NotConnectedError
+from ._loops import LoopEnd, abandon, after_fork, current_loop, loop_running, on_asyncio
+from .errors import ConfigurationError, NotConnectedError, WrongLoopError
 from .models import Lock, LockLike, QueueEntry, QueueEntryLike
 from .operations import DEFAULT_PREFIX, Layout, Operation, QueueFormat
 from .protocols import AsyncRedisLike, BackendFactory, RedisLike
@@ -45,6 +50,19 @@ class _Attempt(Generic[E]):
 
     done: E
     error: BaseException | None = None
+    loop: object = None  # AsyncState's: the event loop the attempt runs in
+
+
+#: How long a disconnect() from another thread waits for the loop that owns the
+#: connections to close them (seconds); after that they are let go.
+CLOSE_ELSEWHERE_S = 10.0
+
+
+async def _close_in(token: anyio.lowlevel.EventLoopToken, backend: AsyncRedisLike) -> None:
+    """Close ``backend`` in the event loop of ``token``, running in another thread."""
+    close = functools.partial(anyio.from_thread.run, backend.aclose, token=token)
+    with anyio.move_on_after(CLOSE_ELSEWHERE_S):
+        await anyio.to_thread.run_sync(close, abandon_on_cancel=True)
 
 
 class _Facade(Generic[B]):
@@ -128,7 +146,10 @@ class _Facade(Generic[B]):
 
     @property
     def is_connected(self) -> bool:
-        """Whether :meth:`connect` has succeeded (and :meth:`disconnect` not been called)."""
+        """Whether :meth:`connect` has succeeded and :meth:`disconnect` not been called
+        since (for an AsyncState: and its event loop has not finished, and this is the
+        process that connected it). It is not a health check: it does not ask the server.
+        """
         return self._backend is not None
 
     def __repr__(self) -> str:
@@ -330,7 +351,7 @@ class State(_Facade[RedisLike]):
 
 
 class AsyncState(_Facade[AsyncRedisLike]):
-    """Chat-bot state for async code (asyncio; trio with the memory backend).
+    """Chat-bot state for async code (asyncio; trio with memory and coredis).
 
     Use :meth:`from_url` or pass ``client=`` an existing async client (never closed
     by :meth:`disconnect`); with neither, the URL comes from ``CHAT_STATE_URL``,
@@ -338,6 +359,11 @@ class AsyncState(_Facade[AsyncRedisLike]):
     protocol of the Python ``chat_sdk`` package: pass it as ``Chat(state=...)``.
 
     ``async with AsyncState.from_url(url) as state:`` connects and disconnects.
+
+    It belongs to the event loop and the process that connected it: anywhere else
+    every operation raises :class:`~chat_state.WrongLoopError` before anything is
+    sent (see :meth:`connect` for moving it). When that loop shuts down, the
+    connections it owns are closed with it.
     """
 
     @staticmethod
@@ -349,51 +375,178 @@ class AsyncState(_Facade[AsyncRedisLike]):
         return factory.open_async(url)
 
     _attempt: _Attempt[anyio.Event] | None = None
+    _loop: object = None  # the event loop that connected it (asyncio's loop, trio's token)
+    _token: anyio.lowlevel.EventLoopToken | None = None  # the same loop, for other threads
+    _loop_end: LoopEnd | None = None  # closes the backend when that loop shuts down
+    _ended: str | None = None  # why it is bound to no loop although connect() succeeded
+    _parked: AsyncRedisLike | None = None  # a backend with no connections, kept for connect()
 
     def _run(self, operation: Operation[T]) -> Coroutine[Any, Any, T]:
-        # Not a coroutine itself: one frame fewer on every operation.
-        return run_async(self._connected(), operation)
+        # Not a coroutine itself: one frame fewer on every operation. The loop check is
+        # one C call and an identity test; off asyncio (trio) _connected() decides.
+        backend = self._backend
+        if backend is None or self._loop is not asyncio._get_running_loop():
+            backend = self._connected()
+        return run_async(backend, operation)
+
+    def _connected(self) -> AsyncRedisLike:
+        """The backend, if this adapter is connected in the running event loop."""
+        backend = self._backend
+        here = current_loop()
+        if backend is not None and self._loop is here:
+            return backend
+        if backend is None and self._ended is None:
+            return super()._connected()  # NotConnectedError
+        raise self._elsewhere()
+
+    def _elsewhere(self) -> WrongLoopError:
+        """Why this adapter cannot be used in the running loop, and what to do."""
+        if self._ended is not None:
+            why = self._ended
+        elif loop_running(self._loop):
+            return WrongLoopError(
+                f"{self!r} was connected in another event loop, which is still running "
+                "(in another thread); its connections belong to that loop, and nothing was "
+                "sent. Use one AsyncState per event loop (or State from synchronous code)."
+            )
+        else:
+            why = "was connected in an event loop that is no longer running"
+        return WrongLoopError(
+            f"{self!r} {why}; its connections belong there, and nothing was sent. "
+            "Call `await state.connect()` in this event loop first (it connects here), "
+            "or use State from synchronous code."
+        )
 
     # -- lifecycle ----------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect (and check the server answers). Idempotent.
+        """Connect (and check the server answers) in the running event loop. Idempotent.
 
-        Tasks calling at once share one attempt; after a failure the next call
-        tries again.
+        Tasks calling at once share one attempt; after a failure the next call tries
+        again. The connections belong to this event loop and this process: when the
+        loop that connected it no longer runs, or in a forked child, ``connect()``
+        lets go of the old connections (never touching a parent's) and connects here;
+        while that loop still runs in another thread it raises
+        :class:`~chat_state.WrongLoopError`.
         """
-        while self._backend is None:
+        here = current_loop()
+        if here is None:  # also in a forked child, on the loop it inherited
+            raise WrongLoopError(f"{self!r} needs a running asyncio or trio event loop")
+        after_fork(self)
+        while True:
+            if self._backend is not None:
+                if self._loop is here:
+                    return
+                if loop_running(self._loop):
+                    raise self._elsewhere()
+                self._let_go("the event loop it was connected in is no longer running")
+                continue
             attempt = self._attempt
-            if attempt is not None:
+            if attempt is None:
+                await self._lead(here)
+            elif attempt.loop is not here:
+                if loop_running(attempt.loop):
+                    raise WrongLoopError(f"{self!r} is being connected in another event loop")
+                self._attempt = None  # its loop stopped under it: it will never end
+            else:
                 await attempt.done.wait()
                 if isinstance(attempt.error, Exception):
                     raise attempt.error
-                continue  # succeeded, or the leader was cancelled: look again
-            attempt = self._attempt = _Attempt(anyio.Event())
+                # succeeded, or the leader was cancelled: look again
+
+    async def _lead(self, here: object) -> None:
+        """The connection attempt that concurrent callers of connect() wait for."""
+        attempt = self._attempt = _Attempt(anyio.Event(), loop=here)
+        try:
+            backend, self._parked = self._parked or self._opener(), None
             try:
-                backend = self._opener()
-                try:
-                    await backend.ping()
-                except BaseException:
-                    with anyio.CancelScope(shield=True):
-                        await backend.aclose()
-                    raise
-                self._backend = backend
-                self._logger.debug("chat-state connected to %s", self._describe())
-            except BaseException as exc:
-                attempt.error = exc
-                self._connect_failed(exc)
+                await backend.ping()
+                loop_end = LoopEnd(functools.partial(self._at_loop_end, backend))
+                await loop_end.start()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await backend.aclose()
                 raise
-            finally:
+            self._backend, self._loop, self._loop_end = backend, here, loop_end
+            self._token, self._ended = anyio.lowlevel.current_token(), None
+            self._logger.debug("chat-state connected to %s", self._describe())
+        except BaseException as exc:
+            attempt.error = exc
+            self._connect_failed(exc)
+            raise
+        finally:
+            if self._attempt is attempt:
                 self._attempt = None
-                attempt.done.set()
+            attempt.done.set()
+
+    def _unbind(self, ended: str | None, *, keep: bool) -> tuple[AsyncRedisLike | None, object]:
+        """Forget the connection: → (backend, its loop). ``ended``: why, when it was not
+        :meth:`disconnect`; ``keep``: keep a backend without connections (memory) for the
+        next ``connect()``, so that its data lives from connect() to disconnect() in any
+        event loop."""
+        backend, loop = self._backend, self._loop
+        self._backend = self._loop = self._loop_end = self._token = None
+        self._ended = ended
+        if keep and getattr(backend, "loop_free", False):
+            self._parked = backend
+        return backend, loop
+
+    def _let_go(self, why: str) -> None:
+        """Forget connections whose loop no longer runs; that loop still closes them if it
+        ever shuts down (their LoopEnd is kept armed)."""
+        if self._loop_end is not None:
+            self._loop_end.keep()
+        self._unbind(None, keep=True)
+        self._logger.debug("chat-state let go of its connections to %s: %s", self._describe(), why)
+
+    async def _at_loop_end(self, backend: AsyncRedisLike, loop_end: LoopEnd) -> None:
+        """The event loop of ``backend`` (watched by ``loop_end``) is shutting down."""
+        if self._loop_end is loop_end:  # still this adapter's connection
+            self._unbind("was connected in an event loop that has since finished", keep=True)
+        if on_asyncio():  # trio forbids awaiting at this point (and ends its tasks itself)
+            try:
+                await backend.aclose()
+            except Exception as exc:  # the loop is ending: report, do not raise
+                self._logger.debug("chat-state could not close its connections: %s", exc)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the connections are the parent's; never touch them."""
+        self._attempt = None  # the parent's, if one was under way: it never ends here
+        loop_end = self._loop_end
+        if self._backend is None or loop_end is None:
+            return
+        loop_end.disarm()
+        backend, _ = self._unbind(
+            f"was connected in the parent process (pid {os.getppid()}); a forked child "
+            "never uses its parent's connections",
+            keep=True,
+        )
+        abandon(backend, loop_end)
 
     async def disconnect(self) -> None:
-        """Disconnect; closes the client only if this adapter created it."""
-        backend, self._backend = self._backend, None
-        if backend is not None:
-            await backend.aclose()
-            self._logger.debug("chat-state disconnected from %s", self._describe())
+        """Disconnect; closes the client only if this adapter created it.
+
+        From any event loop or process: in a forked child it forgets the parent's
+        connections without touching them; from another thread it closes them in the
+        loop they belong to while that loop runs; after that loop stopped it lets go
+        of them (the loop closes them if it ever shuts down). Cancellation does not
+        interrupt the closing.
+        """
+        token, loop_end = self._token, self._loop_end
+        backend, loop = self._unbind(None, keep=False)
+        self._parked = None
+        if backend is None or loop_end is None or token is None:
+            return
+        with anyio.CancelScope(shield=True):
+            if loop is current_loop():
+                await loop_end.stop()
+                await backend.aclose()
+            elif loop_running(loop):
+                loop_end.disarm()
+                await _close_in(token, backend)
+            else:
+                loop_end.keep()
+        self._logger.debug("chat-state disconnected from %s", self._describe())
 
     async def __aenter__(self) -> AsyncState:
         await self.connect()
@@ -411,9 +564,10 @@ class AsyncState(_Facade[AsyncRedisLike]):
         """The client library's asyncio client (redis-py, valkey-py, coredis) or the
         :class:`MemoryStore`.
 
-        For raw commands of your own. With chat-state's own connections (the default
-        for redis-py and valkey-py) it is a client for the same server(s), made on
-        first use and closed by :meth:`disconnect`; a client you passed in is itself.
+        For raw commands of your own, in the event loop that connected this adapter.
+        With chat-state's own connections (the default for redis-py and valkey-py) it
+        is a client for the same server(s), made on first use and closed by
+        :meth:`disconnect`; a client you passed in is itself.
         """
         return self._connected().client
 

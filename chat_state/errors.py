@@ -13,6 +13,7 @@ __all__ = [
     "ConfigurationError",
     "NotConnectedError",
     "SerializationError",
+    "WrongLoopError",
 ]
 
 
@@ -22,6 +23,17 @@ class ChatStateError(Exception):
 
 class NotConnectedError(ChatStateError):
     """An operation was called before ``connect()`` (or after ``disconnect()``)."""
+
+
+class WrongLoopError(NotConnectedError):
+    """An :class:`~chat_state.AsyncState` used outside the event loop, or the process,
+    that connected it.
+
+    Its connections belong to that loop and process, so nothing was sent. The message
+    says what to do: ``await state.connect()`` in this loop (which lets go of the old
+    connections once their loop no longer runs, or in a forked child), one AsyncState
+    per event loop, or :class:`~chat_state.State` from synchronous code.
+    """
 
 
 class ConfigurationError(ChatStateError, ValueError):

@@ -274,6 +274,9 @@ class AsyncMemoryBackend:
     lock is held only for the command itself.
     """
 
+    #: It holds no connection, so an AsyncState keeps it across event loops.
+    loop_free = True
+
     def __init__(self, store: MemoryStore) -> None:
         self._sync = MemoryBackend(store)
 

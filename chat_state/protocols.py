@@ -52,7 +52,12 @@ class RedisLike(Protocol):
 
 @runtime_checkable
 class AsyncRedisLike(Protocol):
-    """An async backend: the same commands as :class:`RedisLike`, awaitable."""
+    """An async backend: the same commands as :class:`RedisLike`, awaitable.
+
+    A backend that holds no connection (the memory backend) may set the class
+    attribute ``loop_free = True``: an AsyncState then keeps it, and its data, when
+    it moves to another event loop (any other backend is opened anew there).
+    """
 
     @property
     def client(self) -> Any:

@@ -34,6 +34,7 @@ from chat_state import (
     QueueEntry,
     SerializationError,
     State,
+    WrongLoopError,
 )
 from chat_state import registry as registry_module
 from chat_state._urls import parse_redis_url
@@ -94,6 +95,7 @@ def test_async_state_is_a_chat_sdk_state_adapter() -> None:
 def test_errors_hierarchy() -> None:
     for error in (NotConnectedError, ConfigurationError, SerializationError, BackendError):
         assert issubclass(error, ChatStateError)
+    assert issubclass(WrongLoopError, NotConnectedError)
     assert issubclass(ConfigurationError, ValueError)
     assert issubclass(SerializationError, ValueError)
 

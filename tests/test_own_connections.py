@@ -167,6 +167,36 @@ async def test_a_reply_that_never_comes_times_out_and_the_next_command_reconnect
         assert client_ids(server) != first
 
 
+def lock_holder(server: RedisServer, thread_id: str) -> str | None:
+    """The token stored for ``thread_id``'s lock, once the server has caught up."""
+    with redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=5) as probe:
+        token: str | None = probe.get(f"chat-sdk:lock:{thread_id}")
+        return token
+
+
+@pytest.mark.anyio
+async def test_a_command_that_timed_out_may_still_have_run(server: RedisServer) -> None:
+    """What the README says under "What a lock promises": the caller got BackendError,
+    and yet the server ran the command once it could; force_release_lock undoes it."""
+    async with AsyncState.from_url(server.url + "?socket_timeout=0.3") as state:
+        with paused(server), pytest.raises(BackendError, match=r"no reply within 0\.3 s"):
+            await state.acquire_lock("t", 30_000)
+        assert lock_holder(server, "t") is not None  # held, by nobody who knows its token
+        assert await state.acquire_lock("t", 30_000) is None
+        await state.force_release_lock("t")
+        assert await state.acquire_lock("t", 30_000) is not None
+
+
+def test_state_a_command_that_timed_out_may_still_have_run(server: RedisServer) -> None:
+    with State.from_url(server.url + "?socket_timeout=0.3") as state:
+        with paused(server), pytest.raises(BackendError, match=r"no reply within 0\.3 s"):
+            state.acquire_lock("t", 30_000)
+        assert lock_holder(server, "t") is not None
+        assert state.acquire_lock("t", 30_000) is None
+        state.force_release_lock("t")
+        assert state.acquire_lock("t", 30_000) is not None
+
+
 @pytest.mark.anyio
 async def test_disconnect_fails_commands_still_in_flight(server: RedisServer) -> None:
     state = AsyncState.from_url(server.url)

@@ -48,8 +48,8 @@ SERVERS = {"redis-server": find_redis_server, "valkey-server": find_valkey_serve
 TOPOLOGIES = ("standalone", "cluster", "sentinel")
 DRIVERS = {"redis-py": "redis", "valkey-py": "valkey", "coredis": "coredis"}
 #: chat-state uses its own connections by default (AsyncState multiplexes commands on one
-#: per node; State keeps lean ones to a standalone server); targets with this driver
-#: switch them off (own_connections=false: redis-py's connection pool).
+#: per node; State keeps lean blocking ones), on every topology; targets with this driver
+#: switch them off for both facades (own_connections=false: redis-py's connection pool).
 POOLED = "redis-py-pooled"
 #: Every place the conformance suite runs: memory, and server x topology x client library.
 SERVER_TARGETS = [
@@ -81,10 +81,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         (target, facade, loop)
         for target in targets
         for facade, loop in [("sync", "asyncio"), ("async", "asyncio"), ("async", "trio")]
-        if (loop == "asyncio" or runs_on_trio(target))
-        # State's own connections serve a standalone server only: elsewhere, pooled
-        # targets would repeat the sync runs of the redis-py ones.
-        and not (facade == "sync" and target.endswith(POOLED) and "/standalone/" not in target)
+        if loop == "asyncio" or runs_on_trio(target)
     ]
     metafunc.parametrize(
         ("target", "facade", "anyio_backend"),

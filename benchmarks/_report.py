@@ -27,6 +27,10 @@ RATIOS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("async_time_ratio_vs_redispy", "rpy/AS t", "redispy-async", "async-standalone", False),
     ("async_cluster_vs_standalone", "AS cl/sa", "async-cluster", "async-standalone", True),
     ("sync_cluster_vs_standalone", "S cl/sa", "sync-cluster", "sync-standalone", True),
+    # With --baseline REF: this tree's chat-state ÷ chat-state at REF, both in children.
+    ("async_vs_baseline", "AS/base", "async-standalone@this", "async-standalone@base", False),
+    ("async_uvloop_vs_baseline", "ASuv/bas", "async-uvloop@this", "async-uvloop@base", False),
+    ("sync_vs_baseline", "S/base", "sync-standalone@this", "sync-standalone@base", False),
 )
 
 
@@ -116,6 +120,12 @@ def render_table(
             "standalone (time ratio)",
             "async_cluster_vs_standalone": "AS cl/sa  = AsyncState Cluster ÷ standalone (c64)",
             "sync_cluster_vs_standalone": "S cl/sa   = State Cluster ÷ standalone (c64)",
+            "async_vs_baseline": "AS/base   = AsyncState standalone ÷ the same at --baseline "
+            "(throughput; >1 = this tree faster)",
+            "async_uvloop_vs_baseline": "ASuv/bas  = AsyncState on uvloop ÷ the same at "
+            "--baseline (throughput)",
+            "sync_vs_baseline": "S/base    = State standalone ÷ the same at --baseline "
+            "(throughput)",
         }
         lines.extend(legend[r[0]] for r in shown_ratios)
     lines.append("subjects:")

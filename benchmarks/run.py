@@ -28,6 +28,7 @@ from typing import Any
 
 import redis.utils
 
+from ._baseline import BASE, THIS, Baseline, baseline_subjects
 from ._measure import CellResult, Timing, merge_rounds
 from ._node import NodeRun, node_version, run_node_subject
 from ._report import compute_ratios, render_table
@@ -207,9 +208,13 @@ def _run_subject(
     timing: Timing,
     pinning: Pinning,
     members: Sequence[str],
+    baseline: Baseline | None,
 ) -> tuple[list[CellResult], NodeRun | None]:
     plan = selection.plan
     url = _url(servers, subject)
+    if subject.id.endswith((THIS, BASE)):
+        assert baseline is not None
+        return baseline.run(subject, url, plan, timing), None
     if subject.kind == "node":
         run = run_node_subject(subject, url, plan, timing, pinning)
         return run.cells, run
@@ -225,6 +230,7 @@ def _measure_subject(
     timing: Timing,
     pinning: Pinning,
     report: dict[str, Any],
+    baseline: Baseline | None,
 ) -> list[CellResult]:
     """One round of one subject on freshly flushed servers; failures become failed cells."""
     members = [member(n) for n in range(SUBSCRIPTIONS)]
@@ -235,7 +241,7 @@ def _measure_subject(
             _seed(servers, subject, members)
         servers.reset_stats()
         subject_cells, node_run = _run_subject(
-            subject, servers, selection, timing, pinning, members
+            subject, servers, selection, timing, pinning, members, baseline
         )
     except Exception as exc:
         why = f"{type(exc).__name__}: {exc}"
@@ -294,7 +300,9 @@ def _memory_probes(servers: Servers, quick: bool, long_seconds: float | None) ->
     return results
 
 
-def run(args: argparse.Namespace, selection: Selection) -> dict[str, Any]:
+def run(
+    args: argparse.Namespace, selection: Selection, baseline: Baseline | None = None
+) -> dict[str, Any]:
     """Start the servers, measure, probe memory; return the report (servers stopped)."""
     timing = QUICK if args.quick else FULL
     if args.warmup is not None or args.duration is not None:
@@ -329,6 +337,9 @@ def run(args: argparse.Namespace, selection: Selection) -> dict[str, Any]:
         "node_peak_rss_mb": {},
         "failures": [],
         "memory": None,
+        "baseline": None
+        if baseline is None
+        else {"ref": baseline.ref, "commit": baseline.commit, "suffixes": [THIS, BASE]},
     }
     cells: list[CellResult] = []
     needs_cluster = selection.throughput and any(s.backend == "cluster" for s in selection.subjects)
@@ -343,7 +354,9 @@ def run(args: argparse.Namespace, selection: Selection) -> dict[str, Any]:
             for subject in selection.subjects:
                 where = f" (round {round_index + 1}/{rounds})" if rounds > 1 else ""
                 _progress(f"{subject.id}: {len(selection.plan)} cells{where}")
-                cells.extend(_measure_subject(subject, servers, selection, timing, pinning, report))
+                cells.extend(
+                    _measure_subject(subject, servers, selection, timing, pinning, report, baseline)
+                )
         if selection.memory:
             report["memory"] = _memory_probes(servers, args.quick, args.long_seconds)
     cells = merge_rounds(cells)
@@ -418,6 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="measured seconds per cell")
     parser.add_argument("--long-seconds", type=float, help="length of the memory long runs")
     parser.add_argument("--list", action="store_true", help="list the names and exit")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure State and AsyncState standalone as chat-state was at git revision "
+        "REF and as this tree has it, each in child processes, in turn; ratios this/base",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminated)  # so that the servers are stopped
     if args.list:
@@ -429,7 +448,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         selection = select(args.only, args.memory)
     except ValueError as exc:
         parser.error(str(exc))
-    report = run(args, selection)
+    baseline = None
+    if args.baseline is not None:
+        chosen = {s.id for s in selection.subjects}
+        try:
+            baseline = Baseline.unpack(args.baseline)
+        except subprocess.CalledProcessError as exc:
+            parser.error(f"--baseline {args.baseline}: {exc.stderr.decode().strip()}")
+        selection.subjects += baseline_subjects(args.baseline, chosen)
+    try:
+        report = run(args, selection, baseline)
+    finally:
+        if baseline is not None:
+            baseline.remove()
     cells: list[CellResult] = report.pop("_cells")
     machine = report["machine"]
     rounds = f"; median of {args.rounds} rounds, subjects in turn" if args.rounds > 1 else ""

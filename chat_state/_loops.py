@@ -128,10 +128,15 @@ class LoopEnd:
     def keep(self) -> None:
         """Go on watching after its owner let go of it: until the loop shuts down.
 
-        For a loop that merely stopped (it may run and shut down later); a closed loop
-        will never call it, so it is not kept then.
+        For a loop that merely stopped (it may run and shut down later); a closed loop,
+        or a trio run that has ended, will never call it, so it is not kept then.
         """
-        if not (isinstance(self.loop, asyncio.AbstractEventLoop) and self.loop.is_closed()):
+        loop = self.loop
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            will_shut_down = not loop.is_closed()
+        else:  # a trio run shuts down only as it ends
+            will_shut_down = loop_running(loop)
+        if will_shut_down:
             _kept.add(self)
 
     async def stop(self) -> None:

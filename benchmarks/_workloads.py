@@ -113,8 +113,8 @@ def now_ms() -> int:
 
 
 def lua_source(name: str) -> str:
-    """The text of one of chat-state's scripts (``chat_state/lua/NAME.lua``)."""
-    return files("chat_state").joinpath("lua").joinpath(f"{name}.lua").read_text("utf-8")
+    """The text of one of chat-state's scripts (``chat_state/core/lua/NAME.lua``)."""
+    return files("chat_state.core").joinpath("lua").joinpath(f"{name}.lua").read_text("utf-8")
 
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -12,8 +12,7 @@ True
 
 from __future__ import annotations
 
-from ._state import AsyncState, State
-from ._validate import MAX_TTL_MS
+from .core.validate import MAX_TTL_MS
 from .errors import (
     BackendError,
     ChatStateError,
@@ -22,6 +21,7 @@ from .errors import (
     SerializationError,
     WrongLoopError,
 )
+from .facades import AsyncState, State
 from .memory import MemoryStore
 from .models import Lock, LockLike, QueueEntry, QueueEntryLike
 

@@ -17,13 +17,13 @@ import heapq
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._scripts import SCRIPTS, Script, sha1_of
+from .backend.interface import Arg, Args, AsyncBackend, Backend, NoScriptError
+from .core.scripts import SCRIPTS, Script, sha1_of
 from .errors import BackendError, ConfigurationError
-from .protocols import Arg, AsyncRedisLike, NoScriptError, RedisLike
 
 __all__ = ["MemoryStore"]
 
@@ -228,39 +228,40 @@ class MemoryStore:
         """Run the Python twin of the script with this SHA (EVALSHA)."""
         script: Script | None = SCRIPTS.get(sha)
         if script is None:
-            raise NoScriptError(sha)
+            raise NoScriptError(f"NOSCRIPT No matching script: {sha}")
         with self.lock:
             # ARGV reach Lua as strings; give the twins the same.
             return script.twin(self, keys, [str(arg) for arg in args])
 
+    def execute(self, args: Args) -> Any:
+        """Run one command, as a server would: ``("SET", "k", "v", "PX", 1000)``.
+
+        The commands chat-state sends (see :mod:`chat_state.backend.interface`);
+        others raise :class:`~chat_state.errors.BackendError`, as a server's error does.
+        """
+        command = _COMMANDS.get(str(args[0]).upper())
+        if command is None:
+            raise BackendError(f"ERR unknown command '{args[0]}'")
+        try:
+            return command(self, args)
+        except (IndexError, ValueError):
+            raise BackendError(f"ERR wrong arguments for '{args[0]}'") from None
+
 
 class MemoryBackend:
-    """:class:`~chat_state.protocols.RedisLike` over a :class:`MemoryStore`."""
+    """:class:`~chat_state.backend.Backend` over a :class:`MemoryStore`."""
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
-        self.get = store.get
-        self.delete = store.delete
-        self.sadd = store.sadd
-        self.srem = store.srem
-        self.sismember = store.sismember
-        self.lpop = store.lpop
-        self.llen = store.llen
-        self.lrange = store.lrange
-        self.set = store.set
-        self.evalsha = store.run_script
 
     @property
     def client(self) -> MemoryStore:
         return self.store
 
-    def ping(self) -> None:
-        return None
+    def call(self, key: str | None, args: Args) -> Any:
+        return self.store.execute(args)
 
-    def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return self.store.run_script(sha1_of(source), keys, args)
-
-    def scan_prefix(self, prefix: str) -> Iterator[str]:
+    def scan(self, prefix: str) -> Iterator[str]:
         return iter(self.store.live_keys(prefix))
 
     def close(self) -> None:
@@ -268,7 +269,7 @@ class MemoryBackend:
 
 
 class AsyncMemoryBackend:
-    """:class:`~chat_state.protocols.AsyncRedisLike` over a :class:`MemoryStore`.
+    """:class:`~chat_state.backend.AsyncBackend` over a :class:`MemoryStore`.
 
     The store does no I/O, so each call completes without suspending; the store's
     lock is held only for the command itself.
@@ -278,55 +279,57 @@ class AsyncMemoryBackend:
     loop_free = True
 
     def __init__(self, store: MemoryStore) -> None:
-        self._sync = MemoryBackend(store)
+        self.store = store
 
     @property
     def client(self) -> MemoryStore:
-        return self._sync.store
+        return self.store
 
-    async def ping(self) -> None:
-        return None
+    async def call(self, key: str | None, args: Args) -> Any:
+        return self.store.execute(args)
 
-    async def sadd(self, key: str, member: str) -> int:
-        return self._sync.sadd(key, member)
-
-    async def srem(self, key: str, member: str) -> int:
-        return self._sync.srem(key, member)
-
-    async def sismember(self, key: str, member: str) -> bool:
-        return self._sync.sismember(key, member)
-
-    async def set(self, key: str, value: str, px: int | None, nx: bool) -> bool:
-        return self._sync.set(key, value, px, nx)
-
-    async def get(self, key: str) -> str | None:
-        return self._sync.get(key)
-
-    async def delete(self, key: str) -> int:
-        return self._sync.delete(key)
-
-    async def lpop(self, key: str) -> str | None:
-        return self._sync.lpop(key)
-
-    async def llen(self, key: str) -> int:
-        return self._sync.llen(key)
-
-    async def lrange(self, key: str, start: int, stop: int) -> list[str]:
-        return self._sync.lrange(key, start, stop)
-
-    async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return self._sync.evalsha(sha, keys, args)
-
-    async def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return self._sync.eval(source, keys, args)
-
-    async def scan_prefix(self, prefix: str) -> AsyncIterator[str]:
-        for key in self._sync.store.live_keys(prefix):
+    async def scan(self, prefix: str) -> AsyncIterator[str]:
+        for key in self.store.live_keys(prefix):
             yield key
 
     async def aclose(self) -> None:
         return None
 
+
+def _set(store: MemoryStore, args: Args) -> str | None:
+    """SET key value [PX ms] [NX]."""
+    px, nx, options = None, False, list(args[3:])
+    while options:
+        word = str(options.pop(0)).upper()
+        if word == "PX":
+            px = int(options.pop(0))
+        elif word == "NX":
+            nx = True
+        else:
+            raise BackendError("ERR syntax error")
+    return "OK" if store.set(str(args[1]), str(args[2]), px, nx) else None
+
+
+def _script(store: MemoryStore, sha: str, args: Args) -> Any:
+    """EVALSHA / EVAL sha-or-source numkeys key... arg..."""
+    count = int(args[2])
+    return store.run_script(sha, [str(k) for k in args[3 : 3 + count]], args[3 + count :])
+
+
+_COMMANDS: dict[str, Callable[[MemoryStore, Args], Any]] = {
+    "PING": lambda store, args: "PONG",
+    "GET": lambda store, args: store.get(str(args[1])),
+    "SET": _set,
+    "DEL": lambda store, args: store.delete(str(args[1])),
+    "SADD": lambda store, args: store.sadd(str(args[1]), str(args[2])),
+    "SREM": lambda store, args: store.srem(str(args[1]), str(args[2])),
+    "SISMEMBER": lambda store, args: int(store.sismember(str(args[1]), str(args[2]))),
+    "LPOP": lambda store, args: store.lpop(str(args[1])),
+    "LLEN": lambda store, args: store.llen(str(args[1])),
+    "LRANGE": lambda store, args: store.lrange(str(args[1]), int(args[2]), int(args[3])),
+    "EVALSHA": lambda store, args: _script(store, str(args[1]), args),
+    "EVAL": lambda store, args: _script(store, sha1_of(str(args[1])), args),
+}
 
 _named_stores: dict[str, MemoryStore] = {}
 _named_lock = threading.Lock()
@@ -352,21 +355,21 @@ def store_for_url(url: str) -> MemoryStore:
 
 
 class MemoryFactory:
-    """The :class:`~chat_state.protocols.BackendFactory` of ``memory://``."""
+    """The :class:`~chat_state.backend.BackendFactory` of ``memory://``."""
 
     def validate_url(self, url: str) -> None:
         _store_name(url)
 
-    def open_sync(self, url: str) -> RedisLike:
+    def open_sync(self, url: str) -> Backend:
         return MemoryBackend(store_for_url(url))
 
-    def open_async(self, url: str) -> AsyncRedisLike:
+    def open_async(self, url: str) -> AsyncBackend:
         return AsyncMemoryBackend(store_for_url(url))
 
-    def adopt_sync(self, client: object) -> RedisLike | None:
+    def adopt_sync(self, client: object) -> Backend | None:
         return MemoryBackend(client) if isinstance(client, MemoryStore) else None
 
-    def adopt_async(self, client: object) -> AsyncRedisLike | None:
+    def adopt_async(self, client: object) -> AsyncBackend | None:
         return AsyncMemoryBackend(client) if isinstance(client, MemoryStore) else None
 
 

@@ -20,7 +20,7 @@ import redis.cluster
 import redis.sentinel
 
 from chat_state import AsyncState, MemoryStore, State
-from chat_state._urls import parse_redis_url
+from chat_state.backend import parse_redis_url
 from chat_state.memory import store_for_url
 
 from .servers import (

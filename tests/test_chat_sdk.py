@@ -22,7 +22,7 @@ from chat_sdk.types import Message
 from chat_sdk.types import QueueEntry as SdkQueueEntry
 
 from chat_state import AsyncState, QueueEntry
-from chat_state.operations import now_ms
+from chat_state.core.operations import now_ms
 
 pytestmark = pytest.mark.anyio
 THREAD = "slack:C123:1234.5678"

@@ -10,7 +10,7 @@ import redis
 from chat_sdk.types import Author, Message, MessageMetadata
 
 from chat_state import Lock, MemoryStore, QueueEntry
-from chat_state._scripts import EXTEND, PUSH, RELEASE, SCRIPTS, Script
+from chat_state.core.scripts import EXTEND, PUSH, RELEASE, SCRIPTS, Script
 
 from .conftest import SERVER_TARGETS, Target
 

@@ -20,8 +20,8 @@ from chat_state import (
     SerializationError,
     State,
 )
-from chat_state._validate import MAX_SIZE
-from chat_state.operations import now_ms
+from chat_state.core.operations import now_ms
+from chat_state.core.validate import MAX_SIZE
 
 from .conftest import AsAsync, Target
 

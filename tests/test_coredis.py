@@ -18,7 +18,7 @@ from coredis.connection import TCPLocation
 from coredis.typing import Node
 
 from chat_state import AsyncState, ConfigurationError, State
-from chat_state._urls import parse_redis_url
+from chat_state.backend import parse_redis_url
 
 pytestmark = pytest.mark.anyio
 

@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from chat_state import MAX_TTL_MS, AsyncState, BackendError, Lock, QueueEntry, State
-from chat_state._validate import MAX_SIZE
+from chat_state.core.operations import now_ms
+from chat_state.core.validate import MAX_SIZE
 from chat_state.memory import store_for_url
-from chat_state.operations import now_ms
 
 EXAMPLES = int(os.environ.get("CHAT_STATE_DIFFERENTIAL_EXAMPLES", "0"))
 #: TTL checks allow this much drift between the two backends' clocks (ms): the steps of

@@ -36,8 +36,8 @@ from chat_state import (
     State,
     WrongLoopError,
 )
-from chat_state import registry as registry_module
-from chat_state._urls import parse_redis_url
+from chat_state.backend import parse_redis_url
+from chat_state.backend import registry as registry_module
 from chat_state.memory import BACKEND as MEMORY_BACKEND
 from chat_state.memory import store_for_url
 

@@ -24,7 +24,7 @@ import redis
 from redis.crc import key_slot
 
 from chat_state import AsyncState, BackendError, Lock, State
-from chat_state.operations import now_ms
+from chat_state.core.operations import now_ms
 
 from .conftest import FIGURES, SERVERS, AsAsync, _unavailable
 from .servers import RedisServer

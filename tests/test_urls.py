@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat_state import AsyncState, ConfigurationError, State
-from chat_state._urls import parse_redis_url, redact_url
+from chat_state.backend import parse_redis_url, redact_url
 
 
 def test_standalone() -> None:

@@ -14,18 +14,23 @@ from coredis.retry import ExponentialBackoffRetryPolicy
 from coredis.tokens import PureToken
 from coredis.typing import Node
 
-from chat_state._loops import spawn_detached
-from chat_state._portal import PortalBackend
-from chat_state._replies import (
+from chat_state.backend import (
+    Args,
+    AsyncBackend,
+    Backend,
+    NoScriptError,
+    PortalBackend,
+    RedisURL,
     anext_or_none,
     backend_error,
     configuration_error,
     glob_escape,
+    normalised,
+    parse_redis_url,
+    spawn_detached,
     text,
 )
-from chat_state._urls import RedisURL, parse_redis_url
 from chat_state.errors import ConfigurationError
-from chat_state.protocols import Arg, AsyncRedisLike, NoScriptError, RedisLike
 
 __all__ = ["BACKEND", "AsyncCoredisBackend", "CoredisFactory"]
 
@@ -52,6 +57,42 @@ def _retry_policy() -> ExponentialBackoffRetryPolicy:
         base_delay=BACKOFF_BASE_S,
         max_delay=BACKOFF_MAX_S,
     )
+
+
+async def _set(client: Any, args: Args) -> str | None:
+    """SET key value [PX ms] [NX]: OK when written (coredis says True / False)."""
+    options = args[3:]
+    px = int(options[options.index("PX") + 1]) if "PX" in options else None
+    condition = PureToken.NX if "NX" in options else None
+    written = await client.set(args[1], args[2], px=px, condition=condition)
+    return "OK" if written else None
+
+
+def _script(run: Callable[[Any], Callable[..., Awaitable[Any]]]) -> Callable[..., Awaitable[Any]]:
+    """EVALSHA / EVAL sha-or-source numkeys key... arg..., as coredis takes them."""
+
+    def call(client: Any, args: Args) -> Awaitable[Any]:
+        count = int(args[2])
+        return run(client)(args[1], list(args[3 : 3 + count]), list(args[3 + count :]))
+
+    return call
+
+
+#: The commands chat-state sends (see chat_state.backend.interface), as coredis calls.
+_COMMANDS: dict[str, Callable[[Any, Args], Awaitable[Any]]] = {
+    "PING": lambda client, args: client.ping(),
+    "GET": lambda client, args: client.get(args[1]),
+    "SET": _set,
+    "DEL": lambda client, args: client.delete([args[1]]),
+    "SADD": lambda client, args: client.sadd(args[1], [args[2]]),
+    "SREM": lambda client, args: client.srem(args[1], [args[2]]),
+    "SISMEMBER": lambda client, args: client.sismember(args[1], args[2]),
+    "LPOP": lambda client, args: client.lpop(args[1]),
+    "LLEN": lambda client, args: client.llen(args[1]),
+    "LRANGE": lambda client, args: client.lrange(args[1], args[2], args[3]),
+    "EVALSHA": _script(lambda client: client.evalsha),
+    "EVAL": _script(lambda client: client.eval),
+}
 
 
 class _Owner:
@@ -91,11 +132,11 @@ class _Owner:
 
 
 class AsyncCoredisBackend:
-    """:class:`~chat_state.protocols.AsyncRedisLike` over a coredis client.
+    """:class:`~chat_state.protocols.AsyncBackend` over a coredis client.
 
     Args:
         client: A ``coredis.Redis`` or ``coredis.RedisCluster``.
-        enter: What ``ping()`` (that is, ``connect()``) enters for a client we created
+        enter: What the first command (``connect()``'s PING) enters for a client we created
             (the client, and the Sentinel it came from); empty for the application's.
         secrets: Passwords to scrub from error messages.
     """
@@ -110,71 +151,48 @@ class AsyncCoredisBackend:
     def client(self) -> Any:
         return self._client
 
-    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    async def _enter_client(self) -> None:
+        """Enter the client (in a task of its own) on the first connect."""
+        owner = _Owner(self._enter)
+        await owner.start()
+        if owner.error is not None:
+            await owner.stop()
+            if isinstance(owner.error, coredis.exceptions.RedisError):
+                raise backend_error("coredis", owner.error, self._secrets) from owner.error
+            raise owner.error
+        self._owner = owner
+
+    async def call(self, key: str | None, args: Args) -> Any:
+        if self._enter and self._owner is None:  # connect(): PING is the first command
+            await self._enter_client()
+            try:
+                return await self._run(args)
+            except BaseException:
+                owner, self._owner = self._owner, None
+                if owner is not None:
+                    with anyio.CancelScope(shield=True):
+                        await owner.stop()
+                raise
+        return await self._run(args)
+
+    async def _run(self, args: Args) -> Any:
         try:
-            return await fn(*args, **kwargs)
+            return normalised(await _COMMANDS[str(args[0])](self._client, args))
         except coredis.exceptions.NoScriptError as exc:
             raise NoScriptError(str(exc)) from exc
         except (coredis.exceptions.RedisError, UnicodeDecodeError) as exc:
             raise backend_error("coredis", exc, self._secrets) from exc
 
-    async def ping(self) -> None:
-        if self._enter and self._owner is None:
-            owner = _Owner(self._enter)
-            await owner.start()
-            if owner.error is not None:
-                await owner.stop()
-                if isinstance(owner.error, coredis.exceptions.RedisError):
-                    raise backend_error("coredis", owner.error, self._secrets) from owner.error
-                raise owner.error
-            try:
-                await self._call(self._client.ping)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await owner.stop()
-                raise
-            self._owner = owner
-            return
-        await self._call(self._client.ping)
-
-    async def sadd(self, key: str, member: str) -> int:
-        return int(await self._call(self._client.sadd, key, [member]))
-
-    async def srem(self, key: str, member: str) -> int:
-        return int(await self._call(self._client.srem, key, [member]))
-
-    async def sismember(self, key: str, member: str) -> bool:
-        return bool(await self._call(self._client.sismember, key, member))
-
-    async def set(self, key: str, value: str, px: int | None, nx: bool) -> bool:
-        condition = PureToken.NX if nx else None
-        return bool(await self._call(self._client.set, key, value, px=px, condition=condition))
-
-    async def get(self, key: str) -> str | None:
-        return text(await self._call(self._client.get, key))  # type: ignore[no-any-return]
-
-    async def delete(self, key: str) -> int:
-        return int(await self._call(self._client.delete, [key]))
-
-    async def lpop(self, key: str) -> str | None:
-        return text(await self._call(self._client.lpop, key))  # type: ignore[no-any-return]
-
-    async def llen(self, key: str) -> int:
-        return int(await self._call(self._client.llen, key))
-
-    async def lrange(self, key: str, start: int, stop: int) -> list[str]:
-        return [text(item) for item in await self._call(self._client.lrange, key, start, stop)]
-
-    async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return text(await self._call(self._client.evalsha, sha, list(keys), list(args)))
-
-    async def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return text(await self._call(self._client.eval, source, list(keys), list(args)))
-
-    async def scan_prefix(self, prefix: str) -> AsyncIterator[str]:
+    async def scan(self, prefix: str) -> AsyncIterator[str]:
         # coredis's cluster client scans every primary in turn.
         keys = self._client.scan_iter(match=glob_escape(prefix) + "*", count=SCAN_COUNT)
-        while (key := await self._call(anext_or_none, keys)) is not None:
+        while True:
+            try:
+                key = await anext_or_none(keys)
+            except (coredis.exceptions.RedisError, UnicodeDecodeError) as exc:
+                raise backend_error("coredis", exc, self._secrets) from exc
+            if key is None:
+                return
             yield text(key)
 
     async def aclose(self) -> None:
@@ -184,7 +202,7 @@ class AsyncCoredisBackend:
 
 
 class CoredisFactory:
-    """The :class:`~chat_state.protocols.BackendFactory` for coredis (``driver="coredis"``)."""
+    """The :class:`~chat_state.backend.BackendFactory` for coredis (``driver="coredis"``)."""
 
     name = "coredis"
 
@@ -217,7 +235,7 @@ class CoredisFactory:
             client = coredis.Redis(host, port, url.db, **kwargs)
         return client, [client]
 
-    def open_async(self, url: str) -> AsyncRedisLike:
+    def open_async(self, url: str) -> AsyncBackend:
         parsed = parse_redis_url(url)
         try:
             client, enter = self._build(parsed)
@@ -227,16 +245,16 @@ class CoredisFactory:
             return AsyncCoredisBackend(client, enter=enter, secrets=parsed.secrets)
         raise error
 
-    def open_sync(self, url: str) -> RedisLike:
+    def open_sync(self, url: str) -> Backend:
         parse_redis_url(url)
         return PortalBackend(lambda: self.open_async(url))
 
-    def adopt_async(self, client: object) -> AsyncRedisLike | None:
+    def adopt_async(self, client: object) -> AsyncBackend | None:
         if not isinstance(client, (coredis.Redis, coredis.RedisCluster)):
             return None
         return AsyncCoredisBackend(client, enter=(), secrets=())
 
-    def adopt_sync(self, client: object) -> RedisLike | None:
+    def adopt_sync(self, client: object) -> Backend | None:
         if isinstance(client, (coredis.Redis, coredis.RedisCluster)):
             raise ConfigurationError(
                 "coredis clients are async: pass this one to AsyncState; State runs coredis "

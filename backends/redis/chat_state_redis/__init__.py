@@ -12,7 +12,7 @@ Install it with ``pip install "chat-state[redis]"``.
 
 from __future__ import annotations
 
-from chat_state._redis_family import RedisFamily
+from chat_state.backend.redis_family import RedisFamily
 
 __all__ = ["BACKEND"]
 

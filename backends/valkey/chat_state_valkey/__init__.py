@@ -12,7 +12,7 @@ and depends on valkey-py only. Install it with ``pip install "chat-state[valkey]
 
 from __future__ import annotations
 
-from chat_state._redis_family import RedisFamily
+from chat_state.backend.redis_family import RedisFamily
 
 __all__ = ["BACKEND"]
 

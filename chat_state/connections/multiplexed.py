@@ -14,15 +14,16 @@ What holds on this path:
 * A cancelled caller's command is written (or already was); its reply is read and
   dropped. No caller ever receives another's reply, and the stream stays in step.
 * A connection that drops, or a reply that does not come within the timeout, fails
-  every command in flight on it with :class:`ConnectionLost` (the command may or may not
-  have run, so it is never sent again); the next command opens a new connection.
+  every command in flight on it with :class:`~.failures.ConnectionLost` (the command
+  may or may not have run, so it is never sent again); the next command opens a new
+  connection. One that has been quiet is checked before use.
 * Opening a connection is bounded by the connect timeout, and retried a few times
   with a short backoff; a command that could not be sent fails with
-  :class:`ConnectFailed`.
+  :class:`~.failures.ConnectFailed`.
 
 :class:`Standalone` serves one server (TCP, TLS or a unix socket); :class:`Routed` a
-Sentinel group or a Cluster, running the routes of :mod:`chat_state._routes` (which
-the blocking connections of :mod:`chat_state._blocking` run too).
+Sentinel group or a Cluster, following the routes of :mod:`~.routes` (which the
+blocking connections of :mod:`~.blocking` follow too).
 """
 
 from __future__ import annotations
@@ -30,33 +31,30 @@ from __future__ import annotations
 import asyncio
 import select
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from time import monotonic as _monotonic
 from typing import Any, TypeVar, cast
 
 import anyio
 import hiredis
 
-from ._replies import glob_escape
-from ._routes import NodeTable, Pause, Route, Routes, Send
-from ._wire import (
+from chat_state.backend.interface import Args
+from chat_state.backend.replies import glob_escape
+
+from .address import Address
+from .config import ClientOnDemand, Plan, Settings
+from .failures import (
     CONNECT_ATTEMPTS,
-    SCAN_COUNT,
-    Address,
-    Arg,
-    Args,
-    BackendBase,
     ConnectFailed,
     ConnectionLost,
-    Plan,
     ServerError,
-    Settings,
     connect_delays,
     describe,
-    new_reader,
-    pack,
-    set_command,
+    raise_reply,
 )
+from .nodes import NodeTable
+from .protocol import SCAN_COUNT, new_reader, pack
+from .routes import ClusterRoutes, Refresh, Route, Routes, Send
 
 __all__ = ["MultiplexedBackend", "Node", "Routed", "Standalone"]
 
@@ -279,7 +277,8 @@ class Node:
         return await asyncio.shield(self._opening)
 
     async def call(self, key: str | None, args: Args) -> Any:
-        """Run one command; an error reply is raised as :class:`ServerError`.
+        """Run one command; an error reply is raised as :class:`ServerError` (NOSCRIPT as
+        :class:`~chat_state.backend.NoScriptError`).
 
         ``key`` is the router's argument (which node); one node ignores it.
         """
@@ -297,8 +296,8 @@ class Node:
         ):
             link = await self.link()
         reply = await link.send(args)
-        if isinstance(reply, ServerError):
-            raise reply
+        if type(reply) is ServerError:
+            raise_reply(reply)
         return reply
 
     async def asking(self, args: Args) -> Any:
@@ -306,8 +305,8 @@ class Node:
         link = await self.link()
         link.send(("ASKING",)).add_done_callback(_retrieve)
         reply = await link.send(args)
-        if isinstance(reply, ServerError):
-            raise reply
+        if type(reply) is ServerError:
+            raise_reply(reply)
         return reply
 
     async def scan(self, pattern: str) -> AsyncIterator[str]:
@@ -353,7 +352,7 @@ class Standalone:
 
 
 class Routed:
-    """A Sentinel group or a Cluster: its routes (:mod:`chat_state._routes`) run on a
+    """A Sentinel group or a Cluster: its routes (:mod:`~.routes`), followed on a
     :class:`Node` per server."""
 
     def __init__(self, routes: Routes, settings: Settings, sentinel_settings: Settings) -> None:
@@ -362,6 +361,7 @@ class Routed:
         self._nodes = NodeTable(
             routes, lambda address, sentinel: Node(address, chosen[sentinel], attempts=1)
         )
+        self._refreshing: asyncio.Future[None] | None = None  # the one CLUSTER SLOTS read
 
     async def _send(self, send: Send) -> Any:
         node = self._nodes.get(send.address, send.sentinel)
@@ -369,16 +369,34 @@ class Routed:
             return await node.asking(send.args)
         return await node.call(None, send.args)
 
-    async def _drive(self, route: Route[T]) -> T:
+    async def _refresh(self, seen: int) -> None:
+        """Read the slot table again, once for every caller that found it stale."""
+        assert isinstance(self._routes, ClusterRoutes)
+        if self._routes.version != seen:
+            return  # read since
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._follow(self._routes.load()))
+            self._refreshing.add_done_callback(self._refreshed)
+        await asyncio.shield(self._refreshing)
+
+    def _refreshed(self, future: asyncio.Future[None]) -> None:
+        self._refreshing = None
+        _retrieve(future)
+
+    async def _follow(self, route: Route[T]) -> T:
+        """Run ``route`` to its end on the nodes."""
         try:
             step = next(route)
             while True:
                 try:
-                    if isinstance(step, Pause):
-                        await asyncio.sleep(step.seconds)
+                    if isinstance(step, Send):
+                        reply = await self._send(step)
+                    elif isinstance(step, Refresh):
+                        await self._refresh(step.seen)
                         reply = None
                     else:
-                        reply = await self._send(step)
+                        await asyncio.sleep(step.seconds)
+                        reply = None
                 except (ServerError, ConnectionLost) as exc:
                     step = route.throw(exc)
                 else:
@@ -390,11 +408,11 @@ class Routed:
             for node in self._nodes.unused():
                 node.close()
 
-    async def call(self, key: str | None, args: Args) -> Any:
-        return await self._drive(self._routes.call(key, args))
+    def call(self, key: str | None, args: Args) -> Awaitable[Any]:
+        return self._follow(self._routes.call(key, args))
 
     async def scan(self, pattern: str) -> AsyncIterator[str]:
-        await self._drive(self._routes.ready())
+        await self._follow(self._routes.ready())
         for address in self._routes.primaries():
             async for key in self._nodes.get(address).scan(pattern):
                 yield key
@@ -404,76 +422,32 @@ class Routed:
             await node.aclose()
 
 
-class MultiplexedBackend(BackendBase):
-    """:class:`~chat_state.protocols.AsyncRedisLike` over :class:`Standalone`,
-    :class:`Sentinel` or :class:`Cluster`, with our errors (secrets scrubbed)."""
+class MultiplexedBackend:
+    """:class:`~chat_state.backend.AsyncBackend` over :class:`Standalone` or
+    :class:`Routed`: AsyncState's own connections.
+
+    Its ``call`` is the router's (a node's, for one server): no frame in between; every
+    failure is a :class:`~chat_state.errors.BackendError` already.
+    """
 
     def __init__(self, plan: Plan) -> None:
-        super().__init__(plan)
+        self._library = ClientOnDemand(plan.library_client)
         self._router: Standalone | Routed
         if plan.routes is None:
             assert plan.address is not None
             self._router = Standalone(plan.address, plan.settings)
         else:
             self._router = Routed(plan.routes, plan.settings, plan.sentinel_settings)
+        self.call = self._router.call
 
-    async def _call(self, key: str | None, args: Args) -> Any:
-        try:
-            return await self._router.call(key, args)
-        except (ServerError, ConnectionLost) as exc:
-            raise self._error(exc) from exc
+    @property
+    def client(self) -> Any:
+        return self._library.client
 
-    async def ping(self) -> None:
-        await self._call(None, ("PING",))
-
-    async def sadd(self, key: str, member: str) -> int:
-        return int(await self._call(key, ("SADD", key, member)))
-
-    async def srem(self, key: str, member: str) -> int:
-        return int(await self._call(key, ("SREM", key, member)))
-
-    async def sismember(self, key: str, member: str) -> bool:
-        return bool(await self._call(key, ("SISMEMBER", key, member)))
-
-    async def set(self, key: str, value: str, px: int | None, nx: bool) -> bool:
-        return await self._call(key, set_command(key, value, px, nx)) is not None
-
-    async def get(self, key: str) -> str | None:
-        reply: str | None = await self._call(key, ("GET", key))
-        return reply
-
-    async def delete(self, key: str) -> int:
-        return int(await self._call(key, ("DEL", key)))
-
-    async def lpop(self, key: str) -> str | None:
-        reply: str | None = await self._call(key, ("LPOP", key))
-        return reply
-
-    async def llen(self, key: str) -> int:
-        return int(await self._call(key, ("LLEN", key)))
-
-    async def lrange(self, key: str, start: int, stop: int) -> list[str]:
-        reply: list[str] = await self._call(key, ("LRANGE", key, start, stop))
-        return reply
-
-    async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return await self._call(
-            keys[0] if keys else None, ("EVALSHA", sha, len(keys), *keys, *args)
-        )
-
-    async def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return await self._call(
-            keys[0] if keys else None, ("EVAL", source, len(keys), *keys, *args)
-        )
-
-    async def scan_prefix(self, prefix: str) -> AsyncIterator[str]:
-        try:
-            async for key in self._router.scan(glob_escape(prefix) + "*"):
-                yield key
-        except (ServerError, ConnectionLost) as exc:
-            raise self._error(exc) from exc
+    def scan(self, prefix: str) -> AsyncIterator[str]:
+        return self._router.scan(glob_escape(prefix) + "*")
 
     async def aclose(self) -> None:
         await self._router.aclose()
-        for client in self._made_clients():
+        for client in self._library.forget():
             await client.aclose()

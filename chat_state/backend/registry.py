@@ -1,7 +1,7 @@
 """Choosing a backend: by URL scheme, by ``driver=``, or by the type of a client.
 
 Built-in schemes live in a table that maps each to the module holding its
-:class:`~chat_state.protocols.BackendFactory` and the extra that installs it, so a
+:class:`~chat_state.backend.BackendFactory` and the extra that installs it, so a
 missing client library gives ``pip install "chat-state[redis]"`` rather than an
 ``ImportError``. Third-party backends register a factory under the entry-point
 group ``chat_state.backends`` (the entry point's name is the URL scheme); they
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TypeVar
 
-from ._urls import SCHEMES, redact_url, shown_scheme
-from .errors import ConfigurationError
-from .protocols import BackendFactory
+from chat_state.errors import ConfigurationError
+
+from .interface import BackendFactory
+from .urls import SCHEMES, redact_url, shown_scheme
 
 __all__ = ["ENTRY_POINT_GROUP", "factory_for_client", "factory_for_url", "redact_url"]
 

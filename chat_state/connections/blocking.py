@@ -7,19 +7,19 @@ thread in use (a thread takes an idle one, or opens one, and puts it back): a
 command is packed by hiredis, written with one ``sendall`` and its reply parsed by
 hiredis, with nothing in between.
 
-What holds on this path, as on the asyncio one (:mod:`chat_state._mux`):
+What holds on this path, as on the asyncio one (:mod:`~.multiplexed`):
 
 * A reply that does not come within the timeout, or a connection that fails, fails
-  the command with :class:`~chat_state._wire.ConnectionLost` (it may have run, so it
+  the command with :class:`~.failures.ConnectionLost` (it may have run, so it
   is never sent again) and that connection is closed; an idle connection that the
   server closed meanwhile is noticed before it is used, and replaced.
 * Opening a connection is bounded by the connect timeout, and retried a few times
   with a short backoff; a command that could not be sent fails with
-  :class:`~chat_state._wire.ConnectFailed`.
+  :class:`~.failures.ConnectFailed`.
 * A forked child never uses its parent's connections.
 
 :class:`BlockingNode` serves one server; :class:`BlockingRouted` a Sentinel group or
-a Cluster, running the same routes (:mod:`chat_state._routes`) as AsyncState.
+a Cluster, following the same routes (:mod:`~.routes`) as AsyncState.
 """
 
 from __future__ import annotations
@@ -34,26 +34,23 @@ from typing import Any, TypeVar
 
 import hiredis
 
-from ._replies import glob_escape
-from ._routes import NodeTable, Pause, Route, Routes, Send
-from ._wire import (
+from chat_state.backend.interface import Args
+from chat_state.backend.replies import glob_escape
+
+from .address import Address
+from .config import ClientOnDemand, Plan, Settings
+from .failures import (
     CONNECT_ATTEMPTS,
-    SCAN_COUNT,
-    Address,
-    Arg,
-    Args,
-    BackendBase,
     ConnectFailed,
     ConnectionLost,
-    Plan,
     ServerError,
-    Settings,
     connect_delays,
     describe,
-    new_reader,
-    pack,
-    set_command,
+    raise_reply,
 )
+from .nodes import NodeTable
+from .protocol import SCAN_COUNT, new_reader, pack
+from .routes import ClusterRoutes, Refresh, Route, Routes, Send
 
 __all__ = ["BlockingBackend", "BlockingNode", "BlockingRouted"]
 
@@ -174,7 +171,8 @@ class BlockingNode:
             link.close()
 
     def call(self, key: str | None, args: Args) -> Any:
-        """Run one command; an error reply is raised as :class:`ServerError`.
+        """Run one command; an error reply is raised as :class:`ServerError` (NOSCRIPT as
+        :class:`~chat_state.backend.NoScriptError`).
 
         ``key`` is the router's argument (which node); one node ignores it.
         """
@@ -197,8 +195,8 @@ class BlockingNode:
                 link.close()
             else:
                 self._idle.append(link)
-        if isinstance(reply, ServerError):
-            raise reply
+        if type(reply) is ServerError:
+            raise_reply(reply)
         return reply
 
     def scan(self, pattern: str) -> Iterator[str]:
@@ -219,7 +217,8 @@ class BlockingNode:
 
 
 class BlockingRouted:
-    """A Sentinel group or a Cluster: its routes run on a :class:`BlockingNode` per server."""
+    """A Sentinel group or a Cluster: its routes, followed on a :class:`BlockingNode` per
+    server."""
 
     def __init__(self, routes: Routes, settings: Settings, sentinel_settings: Settings) -> None:
         self._routes = routes
@@ -227,21 +226,33 @@ class BlockingRouted:
         self._nodes = NodeTable(
             routes, lambda address, sentinel: BlockingNode(address, chosen[sentinel], attempts=1)
         )
+        self._refresh_lock = threading.Lock()  # one CLUSTER SLOTS read at a time
 
     def _send(self, send: Send) -> Any:
         node = self._nodes.get(send.address, send.sentinel)
         return node.asking(send.args) if send.asking else node.call(None, send.args)
 
-    def _drive(self, route: Route[T]) -> T:
+    def _refresh(self, seen: int) -> None:
+        """Read the slot table again, once for every thread that found it stale."""
+        assert isinstance(self._routes, ClusterRoutes)
+        with self._refresh_lock:
+            if self._routes.version == seen:  # not read since
+                self._follow(self._routes.load())
+
+    def _follow(self, route: Route[T]) -> T:
+        """Run ``route`` to its end on the nodes."""
         try:
             step = next(route)
             while True:
                 try:
-                    if isinstance(step, Pause):
-                        time.sleep(step.seconds)
+                    if isinstance(step, Send):
+                        reply = self._send(step)
+                    elif isinstance(step, Refresh):
+                        self._refresh(step.seen)
                         reply = None
                     else:
-                        reply = self._send(step)
+                        time.sleep(step.seconds)
+                        reply = None
                 except (ServerError, ConnectionLost) as exc:
                     step = route.throw(exc)
                 else:
@@ -254,10 +265,10 @@ class BlockingRouted:
                 node.close()
 
     def call(self, key: str | None, args: Args) -> Any:
-        return self._drive(self._routes.call(key, args))
+        return self._follow(self._routes.call(key, args))
 
     def scan(self, pattern: str) -> Iterator[str]:
-        self._drive(self._routes.ready())
+        self._follow(self._routes.ready())
         for address in self._routes.primaries():
             yield from self._nodes.get(address).scan(pattern)
 
@@ -266,71 +277,32 @@ class BlockingRouted:
             node.close()
 
 
-class BlockingBackend(BackendBase):
-    """:class:`~chat_state.protocols.RedisLike` over a :class:`BlockingNode`, with our
-    errors (secrets scrubbed)."""
+class BlockingBackend:
+    """:class:`~chat_state.backend.Backend` over a :class:`BlockingNode` or
+    :class:`BlockingRouted`: State's own connections.
+
+    Its ``call`` is the node's or the router's; every failure is a
+    :class:`~chat_state.errors.BackendError` already.
+    """
 
     def __init__(self, plan: Plan) -> None:
-        super().__init__(plan)
+        self._library = ClientOnDemand(plan.library_client)
         self._node: BlockingNode | BlockingRouted
         if plan.routes is None:
             assert plan.address is not None
             self._node = BlockingNode(plan.address, plan.settings)
         else:
             self._node = BlockingRouted(plan.routes, plan.settings, plan.sentinel_settings)
+        self.call = self._node.call
 
-    def _call(self, key: str | None, args: Args) -> Any:
-        try:
-            return self._node.call(key, args)
-        except (ServerError, ConnectionLost) as exc:
-            raise self._error(exc) from exc
+    @property
+    def client(self) -> Any:
+        return self._library.client
 
-    def ping(self) -> None:
-        self._call(None, ("PING",))
-
-    def sadd(self, key: str, member: str) -> int:
-        return int(self._call(key, ("SADD", key, member)))
-
-    def srem(self, key: str, member: str) -> int:
-        return int(self._call(key, ("SREM", key, member)))
-
-    def sismember(self, key: str, member: str) -> bool:
-        return bool(self._call(key, ("SISMEMBER", key, member)))
-
-    def set(self, key: str, value: str, px: int | None, nx: bool) -> bool:
-        return self._call(key, set_command(key, value, px, nx)) is not None
-
-    def get(self, key: str) -> str | None:
-        reply: str | None = self._call(key, ("GET", key))
-        return reply
-
-    def delete(self, key: str) -> int:
-        return int(self._call(key, ("DEL", key)))
-
-    def lpop(self, key: str) -> str | None:
-        reply: str | None = self._call(key, ("LPOP", key))
-        return reply
-
-    def llen(self, key: str) -> int:
-        return int(self._call(key, ("LLEN", key)))
-
-    def lrange(self, key: str, start: int, stop: int) -> list[str]:
-        reply: list[str] = self._call(key, ("LRANGE", key, start, stop))
-        return reply
-
-    def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return self._call(keys[0] if keys else None, ("EVALSHA", sha, len(keys), *keys, *args))
-
-    def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return self._call(keys[0] if keys else None, ("EVAL", source, len(keys), *keys, *args))
-
-    def scan_prefix(self, prefix: str) -> Iterator[str]:
-        try:
-            yield from self._node.scan(glob_escape(prefix) + "*")
-        except (ServerError, ConnectionLost) as exc:
-            raise self._error(exc) from exc
+    def scan(self, prefix: str) -> Iterator[str]:
+        return self._node.scan(glob_escape(prefix) + "*")
 
     def close(self) -> None:
         self._node.close()
-        for client in self._made_clients():
+        for client in self._library.forget():
             client.close()

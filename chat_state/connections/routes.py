@@ -1,19 +1,21 @@
 """Where a command goes in a Sentinel group or a Redis Cluster, written once (sans-IO).
 
 A route is a generator: it yields :class:`Send` (run these arguments on the
-connection to that server) and :class:`Pause` (wait before trying again), and is
-sent each reply or thrown each failure (:class:`~chat_state._wire.ServerError`,
-:class:`~chat_state._wire.ConnectionLost`, :class:`~chat_state._wire.ConnectFailed`).
-The asyncio driver (:mod:`chat_state._mux`) and the blocking one
-(:mod:`chat_state._blocking`) run the same routes, as the facades run the same
-operations.
+connection to that server), :class:`Pause` (wait before trying again) and
+:class:`Refresh` (read the slot table again), and is sent each reply or thrown each
+failure (:class:`~chat_state.connections.failures.ServerError`,
+:class:`~chat_state.connections.failures.ConnectionLost`,
+:class:`~chat_state.connections.failures.ConnectFailed`). The asyncio transport
+(:mod:`~chat_state.connections.multiplexed`) and the blocking one
+(:mod:`~chat_state.connections.blocking`) follow the same routes; the tests follow
+them with scripted replies.
 
 * :class:`SentinelRoutes` asks the Sentinels for the primary, sends there, and asks
   again when the primary could not be reached or has become a replica.
-* :class:`ClusterRoutes` keeps the slot table (``CLUSTER SLOTS``), sends each command
-  to the primary of its key's slot, follows ``MOVED`` and ``ASK``, waits out
-  ``TRYAGAIN`` and ``CLUSTERDOWN``, and reads the table again after a redirection or
-  a node that could not be reached.
+* :class:`ClusterRoutes` keeps the slot table (``CLUSTER SLOTS``, read once for every
+  caller that finds it stale), sends each command to the primary of its key's slot,
+  follows ``MOVED`` and ``ASK``, waits out ``TRYAGAIN`` and ``CLUSTERDOWN``, and
+  reads the table again after a redirection or a node that could not be reached.
 
 A command that failed in flight (:class:`ConnectionLost`) is never sent again: it may
 have run. One that was never sent (:class:`ConnectFailed`, a redirection) is.
@@ -21,14 +23,14 @@ have run. One that was never sent (:class:`ConnectFailed`, a redirection) is.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
-from ._wire import (
-    Address,
-    Args,
+from chat_state.backend.interface import Args
+
+from .address import Address
+from .failures import (
     ConnectFailed,
     ConnectionLost,
     ServerError,
@@ -36,14 +38,19 @@ from ._wire import (
     connect_delays,
     describe,
 )
+from .keyslot import SLOTS
 
-#: Slots of a Redis Cluster.
-SLOTS = 16384
-
-__all__ = ["ClusterRoutes", "NodeTable", "Pause", "Route", "Routes", "Send", "SentinelRoutes"]
+__all__ = [
+    "ClusterRoutes",
+    "Pause",
+    "Refresh",
+    "Route",
+    "Routes",
+    "Send",
+    "SentinelRoutes",
+]
 
 T = TypeVar("T")
-N = TypeVar("N")
 
 #: Redirections and retries of one Cluster command before it fails.
 CLUSTER_ATTEMPTS = 16
@@ -70,7 +77,16 @@ class Pause:
     seconds: float
 
 
-Route = Generator[Send | Pause, Any, T]
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """Read the Cluster's slot table again (:meth:`ClusterRoutes.load`), unless it has
+    changed since ``seen`` (its version then): callers that find the table stale at
+    once share one ``CLUSTER SLOTS``. The driver throws in the load's failure."""
+
+    seen: int
+
+
+Route = Generator[Send | Pause | Refresh, Any, T]
 
 
 class SentinelRoutes:
@@ -133,7 +149,8 @@ class ClusterRoutes:
         self._stale = True
         self.version = 0  # changes whenever the table does
 
-    def _load(self) -> Route[None]:
+    def load(self) -> Route[None]:
+        """Read the slot table from a node that answers (known primaries first)."""
         failures: list[str] = []
         for address in dict.fromkeys([*self.primaries(), *self._seeds]):
             try:
@@ -155,7 +172,7 @@ class ClusterRoutes:
     def ready(self) -> Route[None]:
         """Know the slot table (read it again if it may be out of date)."""
         if self._stale:
-            yield from self._load()
+            yield Refresh(self.version)
 
     def _owner(self, key: str | None) -> Address:
         if key is None:
@@ -204,42 +221,3 @@ class ClusterRoutes:
 
 
 Routes = SentinelRoutes | ClusterRoutes
-
-
-class NodeTable(Generic[N]):
-    """The nodes that routes send to, for either driver: one per (server, whether it is
-    a Sentinel), made by ``make`` on first use; those the routes no longer use are
-    handed back, to be closed."""
-
-    def __init__(self, routes: Routes, make: Callable[[Address, bool], N]) -> None:
-        self._routes = routes
-        self._make = make
-        self._nodes: dict[tuple[Address, bool], N] = {}
-        self._version = routes.version
-        self._lock = threading.Lock()  # State's threads share the table
-
-    def get(self, address: Address, sentinel: bool = False) -> N:
-        node = self._nodes.get((address, sentinel))
-        if node is None:
-            with self._lock:
-                node = self._nodes.get((address, sentinel))
-                if node is None:
-                    node = self._nodes[address, sentinel] = self._make(address, sentinel)
-        return node
-
-    def unused(self) -> list[N]:
-        """The data nodes the routes stopped using since last asked, out of the table."""
-        if self._routes.version == self._version:
-            return []
-        with self._lock:
-            self._version = self._routes.version
-            used = set(self._routes.primaries())
-            gone = [key for key in self._nodes if not key[1] and key[0] not in used]
-            return [self._nodes.pop(key) for key in gone]
-
-    def take_all(self) -> list[N]:
-        """Every node, out of the table."""
-        with self._lock:
-            nodes = list(self._nodes.values())
-            self._nodes.clear()
-        return nodes

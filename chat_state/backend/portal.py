@@ -1,7 +1,8 @@
 """Blocking access to an async-only backend, through one anyio portal per process.
 
-:class:`State` talks to redis-py and valkey-py natively. A client library with
-no blocking client (coredis) is driven through :class:`PortalBackend`: an anyio
+:class:`State` talks to its own connections (or to redis-py and valkey-py) natively.
+A client library with no blocking client (coredis) is driven through
+:class:`PortalBackend`: an anyio
 blocking portal, an event loop in a daemon thread, started on first use and
 shared by every such backend of the process. It is safe to call from many
 threads, replaced in a child process after ``fork()`` (the parent's loop thread
@@ -9,7 +10,8 @@ does not exist there: gunicorn with ``--preload``), and closed at exit, after
 the clients it drives, without resource warnings.
 
 Each call runs as a task of the portal's loop; the backend keeps its client
-alive between calls (coredis: in a task of its own, see ``chat_state._loops``).
+alive between calls (coredis: in a task of its own, see
+:func:`~chat_state.backend.loops.spawn_detached`).
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import atexit
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from .protocols import Arg, AsyncRedisLike
+from .interface import Args, AsyncBackend
 
 __all__ = ["PortalBackend"]
 
@@ -69,21 +71,21 @@ class _Session:
 
     pid: int
     portal: BlockingPortal
-    backend: AsyncRedisLike
+    backend: AsyncBackend
 
 
-async def _collect(backend: AsyncRedisLike, prefix: str) -> list[str]:
-    return [key async for key in backend.scan_prefix(prefix)]
+async def _collect(backend: AsyncBackend, prefix: str) -> list[str]:
+    return [key async for key in backend.scan(prefix)]
 
 
 class PortalBackend:
-    """:class:`~chat_state.protocols.RedisLike` over an async backend, through the portal.
+    """:class:`~chat_state.backend.Backend` over an async backend, through the portal.
 
     Args:
         open_async: Creates the async backend (and its client); called in the portal.
     """
 
-    def __init__(self, open_async: Callable[[], AsyncRedisLike]) -> None:
+    def __init__(self, open_async: Callable[[], AsyncBackend]) -> None:
         self._open = open_async
         self._lock = threading.Lock()
         self._session: _Session | None = None
@@ -104,57 +106,19 @@ class PortalBackend:
     def _start(self) -> _Session:
         portal = _holder.portal()
         backend = self._open()
-        portal.call(backend.ping)  # connects; a backend that fails to connect holds nothing
+        # Connects; a backend that fails to connect holds nothing.
+        portal.call(backend.call, None, ("PING",))
         return _Session(os.getpid(), portal, backend)
-
-    def _call(self, method: str, *args: Any) -> Any:
-        session = self._current()
-        return session.portal.call(getattr(session.backend, method), *args)
 
     @property
     def client(self) -> Any:
         return self._current().backend.client
 
-    def ping(self) -> None:
-        self._call("ping")
+    def call(self, key: str | None, args: Args) -> Any:
+        session = self._current()
+        return session.portal.call(session.backend.call, key, args)
 
-    def sadd(self, key: str, member: str) -> int:
-        return int(self._call("sadd", key, member))
-
-    def srem(self, key: str, member: str) -> int:
-        return int(self._call("srem", key, member))
-
-    def sismember(self, key: str, member: str) -> bool:
-        return bool(self._call("sismember", key, member))
-
-    def set(self, key: str, value: str, px: int | None, nx: bool) -> bool:
-        return bool(self._call("set", key, value, px, nx))
-
-    def get(self, key: str) -> str | None:
-        reply: str | None = self._call("get", key)
-        return reply
-
-    def delete(self, key: str) -> int:
-        return int(self._call("delete", key))
-
-    def lpop(self, key: str) -> str | None:
-        reply: str | None = self._call("lpop", key)
-        return reply
-
-    def llen(self, key: str) -> int:
-        return int(self._call("llen", key))
-
-    def lrange(self, key: str, start: int, stop: int) -> list[str]:
-        reply: list[str] = self._call("lrange", key, start, stop)
-        return reply
-
-    def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return self._call("evalsha", sha, keys, args)
-
-    def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return self._call("eval", source, keys, args)
-
-    def scan_prefix(self, prefix: str) -> Iterator[str]:
+    def scan(self, prefix: str) -> Iterator[str]:
         session = self._current()
         return iter(session.portal.call(_collect, session.backend, prefix))
 

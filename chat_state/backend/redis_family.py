@@ -3,7 +3,7 @@
 :class:`RedisFamily` is parameterised by the client package (``redis`` or
 ``valkey``) and the names of its classes; ``chat_state_redis`` and
 ``chat_state_valkey`` bind it. It builds standalone, unix-socket, Cluster and
-Sentinel clients (sync and asyncio) from a :class:`~chat_state._urls.RedisURL`,
+Sentinel clients (sync and asyncio) from a :class:`~chat_state.backend.RedisURL`,
 recognises such clients when the application passes one, normalises replies
 (``bytes`` → ``str``, RESP2/RESP3 booleans and integers) and maps the library's
 exceptions to ours, with passwords scrubbed from every message.
@@ -11,19 +11,19 @@ exceptions to ours, with passwords scrubbed from every message.
 
 from __future__ import annotations
 
-import functools
 import importlib
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, TypeVar
 
-from . import _blocking, _mux, _routes, _wire
-from ._loops import on_asyncio
-from ._replies import anext_or_none, backend_error, configuration_error, glob_escape, text
-from ._urls import RedisURL, parse_redis_url
-from .errors import BackendError, ConfigurationError
-from .protocols import Arg, AsyncRedisLike, NoScriptError, RedisLike
+from chat_state import connections
+from chat_state.errors import BackendError, ConfigurationError
+
+from .errors import backend_error, configuration_error
+from .interface import Args, AsyncBackend, Backend, NoScriptError
+from .loops import on_asyncio
+from .replies import anext_or_none, glob_escape, normalised, text
+from .urls import RedisURL, parse_redis_url
 
 __all__ = ["RedisFamily"]
 
@@ -61,125 +61,75 @@ class _Base:
     def client(self) -> Any:
         return self._client
 
-    def _error(self, exc: Exception) -> Exception:
+    def _error(self, exc: Exception) -> BackendError:
         if isinstance(exc, self._family.noscript_error):
             return NoScriptError(str(exc))
         return self._family.backend_error(exc, self._secrets)
 
+    def _pattern(self, prefix: str) -> dict[str, Any]:
+        return {"match": glob_escape(prefix) + "*", **self._scan_kwargs}
+
 
 class SyncRedisBackend(_Base):
-    """:class:`~chat_state.protocols.RedisLike` over a blocking redis-py/valkey-py client."""
+    """:class:`~chat_state.backend.Backend` over a blocking redis-py/valkey-py client."""
 
-    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def call(self, key: str | None, args: Args) -> Any:
         try:
-            return fn(*args, **kwargs)
+            return normalised(self._client.execute_command(*args))
         except self._family.errors as exc:
             raise self._error(exc) from exc
 
-    def ping(self) -> None:
-        self._call(self._client.ping)
-
-    def sadd(self, key: str, member: str) -> int:
-        return int(self._call(self._client.sadd, key, member))
-
-    def srem(self, key: str, member: str) -> int:
-        return int(self._call(self._client.srem, key, member))
-
-    def sismember(self, key: str, member: str) -> bool:
-        return bool(self._call(self._client.sismember, key, member))
-
-    def set(self, key: str, value: str, px: int | None, nx: bool) -> bool:
-        return bool(self._call(self._client.set, key, value, px=px, nx=nx))
-
-    def get(self, key: str) -> str | None:
-        return text(self._call(self._client.get, key))  # type: ignore[no-any-return]
-
-    def delete(self, key: str) -> int:
-        return int(self._call(self._client.delete, key))
-
-    def lpop(self, key: str) -> str | None:
-        return text(self._call(self._client.lpop, key))  # type: ignore[no-any-return]
-
-    def llen(self, key: str) -> int:
-        return int(self._call(self._client.llen, key))
-
-    def lrange(self, key: str, start: int, stop: int) -> list[str]:
-        return [text(item) for item in self._call(self._client.lrange, key, start, stop)]
-
-    def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return text(self._call(self._client.evalsha, sha, len(keys), *keys, *args))
-
-    def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return text(self._call(self._client.eval, source, len(keys), *keys, *args))
-
-    def scan_prefix(self, prefix: str) -> Iterator[str]:
-        keys = self._client.scan_iter(match=glob_escape(prefix) + "*", **self._scan_kwargs)
-        while (key := self._call(next, keys, None)) is not None:
+    def scan(self, prefix: str) -> Iterator[str]:
+        keys = self._client.scan_iter(**self._pattern(prefix))
+        while True:
+            try:
+                key = next(keys, None)
+            except self._family.errors as exc:
+                raise self._error(exc) from exc
+            if key is None:
+                return
             yield text(key)
 
     def close(self) -> None:
         for client in self._owned:
-            self._call(client.close)
+            try:
+                client.close()
+            except self._family.errors as exc:
+                raise self._error(exc) from exc
 
 
 class AsyncRedisBackend(_Base):
-    """:class:`~chat_state.protocols.AsyncRedisLike` over an asyncio redis-py/valkey-py client."""
+    """:class:`~chat_state.backend.AsyncBackend` over an asyncio redis-py/valkey-py client."""
 
-    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    async def call(self, key: str | None, args: Args) -> Any:
+        if args[0] == "PING":  # what connect() sends first
+            self._family.require_asyncio()
         try:
-            return await fn(*args, **kwargs)
+            return normalised(await self._client.execute_command(*args))
         except self._family.errors as exc:
             raise self._error(exc) from exc
 
-    async def ping(self) -> None:
-        self._family.require_asyncio()
-        await self._call(self._client.ping)
-
-    async def sadd(self, key: str, member: str) -> int:
-        return int(await self._call(self._client.sadd, key, member))
-
-    async def srem(self, key: str, member: str) -> int:
-        return int(await self._call(self._client.srem, key, member))
-
-    async def sismember(self, key: str, member: str) -> bool:
-        return bool(await self._call(self._client.sismember, key, member))
-
-    async def set(self, key: str, value: str, px: int | None, nx: bool) -> bool:
-        return bool(await self._call(self._client.set, key, value, px=px, nx=nx))
-
-    async def get(self, key: str) -> str | None:
-        return text(await self._call(self._client.get, key))  # type: ignore[no-any-return]
-
-    async def delete(self, key: str) -> int:
-        return int(await self._call(self._client.delete, key))
-
-    async def lpop(self, key: str) -> str | None:
-        return text(await self._call(self._client.lpop, key))  # type: ignore[no-any-return]
-
-    async def llen(self, key: str) -> int:
-        return int(await self._call(self._client.llen, key))
-
-    async def lrange(self, key: str, start: int, stop: int) -> list[str]:
-        return [text(item) for item in await self._call(self._client.lrange, key, start, stop)]
-
-    async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return text(await self._call(self._client.evalsha, sha, len(keys), *keys, *args))
-
-    async def eval(self, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        return text(await self._call(self._client.eval, source, len(keys), *keys, *args))
-
-    async def scan_prefix(self, prefix: str) -> AsyncIterator[str]:
-        keys = self._client.scan_iter(match=glob_escape(prefix) + "*", **self._scan_kwargs)
-        while (key := await self._call(anext_or_none, keys)) is not None:
+    async def scan(self, prefix: str) -> AsyncIterator[str]:
+        keys = self._client.scan_iter(**self._pattern(prefix))
+        while True:
+            try:
+                key = await anext_or_none(keys)
+            except self._family.errors as exc:
+                raise self._error(exc) from exc
+            if key is None:
+                return
             yield text(key)
 
     async def aclose(self) -> None:
         for client in self._owned:
-            await self._call(client.aclose)
+            try:
+                await client.aclose()
+            except self._family.errors as exc:
+                raise self._error(exc) from exc
 
 
 class RedisFamily:
-    """A :class:`~chat_state.protocols.BackendFactory` for redis-py or valkey-py.
+    """A :class:`~chat_state.backend.BackendFactory` for redis-py or valkey-py.
 
     Args:
         package: The client package's name (``"redis"`` or ``"valkey"``).
@@ -219,7 +169,6 @@ class RedisFamily:
         self._sync_retry: Callable[..., Any] = load("retry").Retry
         self._async_retry: Callable[..., Any] = load("asyncio.retry").Retry
         self._backoff: Callable[..., Any] = load("backoff").ExponentialBackoff
-        self._key_slot: Callable[[bytes], int] = load("crc").key_slot
         exceptions = load("exceptions")
         #: Every exception of the library that a command can raise (an application's
         #: client that decodes strictly raises UnicodeDecodeError on bytes not UTF-8).
@@ -286,10 +235,10 @@ class RedisFamily:
             return client, owned, url.secrets
         raise error
 
-    def open_sync(self, url: str) -> RedisLike:
+    def open_sync(self, url: str) -> Backend:
         parsed = parse_redis_url(url)
         if parsed.own_connections:
-            return _blocking.BlockingBackend(self._plan(url, parsed, asynchronous=False))
+            return connections.open_sync(parsed, self._library_client(url, asynchronous=False))
         client, owned, secrets = self._open(url, asynchronous=False)
         return SyncRedisBackend(self, client, owned=owned, secrets=secrets)
 
@@ -301,63 +250,17 @@ class RedisFamily:
                 'another event loop (trio?): use driver="coredis" or memory:// there'
             )
 
-    def open_async(self, url: str) -> AsyncRedisLike:
+    def open_async(self, url: str) -> AsyncBackend:
         self.require_asyncio()
         parsed = parse_redis_url(url)
         if parsed.own_connections:
-            return _mux.MultiplexedBackend(self._plan(url, parsed, asynchronous=True))
+            return connections.open_async(parsed, self._library_client(url, asynchronous=True))
         client, owned, secrets = self._open(url, asynchronous=True)
         return AsyncRedisBackend(self, client, owned=owned, secrets=secrets)
 
-    @staticmethod
-    def _tls(url: RedisURL) -> ssl.SSLContext | None:
-        """The TLS context of chat-state's own connections for ``url`` (None without TLS)."""
-        if not url.tls:
-            return None
-        options = {k.removeprefix("ssl_"): v for k, v in url.tls_kwargs().items() if k != "ssl"}
-        try:
-            return _wire.ssl_context(**options)
-        except (OSError, ValueError) as exc:
-            error = configuration_error("cannot set up TLS", exc, url.secrets)
-        raise error
-
-    @classmethod
-    def _settings(cls, url: RedisURL, sentinel: bool = False) -> _wire.Settings:
-        """How chat-state's own connections to the data nodes (or the Sentinels) open."""
-        tls = cls._tls(url)
-        timeouts = (url.connect_timeout, url.socket_timeout)
-        if sentinel:
-            kwargs = url.sentinel_kwargs()
-            return _wire.Settings(*timeouts, kwargs["username"], kwargs["password"], tls=tls)
-        return _wire.Settings(
-            *timeouts,
-            url.username,
-            url.password,
-            url.db,
-            tls,
-            primary_only=url.topology == "sentinel",
-        )
-
-    def _plan(self, url_text: str, url: RedisURL, *, asynchronous: bool) -> _wire.Plan:
-        """chat-state's own connections for ``url_text`` (parsed: ``url``): one server,
-        or the routes of a Sentinel group or a Cluster."""
-        plan = functools.partial(
-            _wire.Plan,
-            self.name,
-            tuple(url.secrets),
-            self._settings(url),
-            self._settings(url, sentinel=True),
-            lambda: self._open(url_text, asynchronous=asynchronous)[:2],
-        )
-        hosts = [_wire.Address(host, port) for host, port in url.hosts]
-        if url.topology == "cluster":
-            return plan(routes=_routes.ClusterRoutes(hosts, self._key_slot))
-        if url.topology == "sentinel":
-            assert url.service is not None
-            return plan(routes=_routes.SentinelRoutes(hosts, url.service))
-        if url.topology == "unix":
-            return plan(address=_wire.Address(path=url.path))
-        return plan(address=hosts[0])
+    def _library_client(self, url: str, *, asynchronous: bool) -> connections.LibraryClient:
+        """What makes ``get_client()``'s client for chat-state's own connections."""
+        return lambda: self._open(url, asynchronous=asynchronous)[:2]
 
     # -- adopting the application's clients -----------------------------------------------
 
@@ -374,7 +277,7 @@ class RedisFamily:
             if isinstance(holder, dict) and isinstance(holder.get("password"), str)
         ]
 
-    def adopt_sync(self, client: object) -> RedisLike | None:
+    def adopt_sync(self, client: object) -> Backend | None:
         if isinstance(client, (self.async_client, self.async_cluster)):
             raise ConfigurationError(
                 f"{type(client).__name__} is an asyncio client: use it with AsyncState, "
@@ -384,7 +287,7 @@ class RedisFamily:
             return None
         return SyncRedisBackend(self, client, owned=(), secrets=self._client_secrets(client))
 
-    def adopt_async(self, client: object) -> AsyncRedisLike | None:
+    def adopt_async(self, client: object) -> AsyncBackend | None:
         if isinstance(client, (self.sync_client, self.sync_cluster)):
             raise ConfigurationError(
                 f"{type(client).__name__} is a blocking client: use it with State, "

@@ -21,8 +21,8 @@ import re
 import sys
 from typing import Any, NoReturn
 
-from .errors import SerializationError
-from .models import QueueEntry
+from chat_state.errors import SerializationError
+from chat_state.models import QueueEntry
 
 __all__ = ["decode", "decode_queue_entry", "encode", "encode_queue_entry"]
 

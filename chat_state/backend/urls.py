@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import SplitResult, parse_qsl, unquote, unquote_plus, urlsplit
 
-from .errors import ConfigurationError
+from chat_state.errors import ConfigurationError
 
 __all__ = ["SCHEMES", "RedisURL", "parse_redis_url", "redact_url", "shown_scheme"]
 

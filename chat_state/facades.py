@@ -1,7 +1,8 @@
 """The facades: :class:`State` (blocking) and :class:`AsyncState` (async, anyio).
 
-Both have the same methods with the same parameters; each method runs one
-operation from :mod:`chat_state.operations` through a driver.
+Both have the same methods with the same parameters; each method prepares one
+operation of :mod:`chat_state.core.operations`, sends its one command to the
+backend and finishes it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -21,19 +22,19 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from . import operations as ops
-from ._drivers import run_async, run_sync
-from ._loops import LoopEnd, abandon, after_fork, current_loop, loop_running, on_asyncio
+from .backend.interface import Args, AsyncBackend, Backend, BackendFactory, NoScriptError
+from .backend.loops import LoopEnd, abandon, after_fork, current_loop, loop_running, on_asyncio
+from .backend.registry import factory_for_client, factory_for_url
+from .backend.urls import redact_url
+from .core import operations as ops
+from .core.layout import DEFAULT_PREFIX, Layout, QueueFormat
 from .errors import ConfigurationError, NotConnectedError, WrongLoopError
 from .models import Lock, LockLike, QueueEntry, QueueEntryLike
-from .operations import DEFAULT_PREFIX, Layout, Operation, QueueFormat
-from .protocols import AsyncRedisLike, BackendFactory, RedisLike
-from .registry import factory_for_client, factory_for_url, redact_url
 
 __all__ = ["AsyncState", "State"]
 
 T = TypeVar("T")
-B = TypeVar("B", RedisLike, AsyncRedisLike)
+B = TypeVar("B", Backend, AsyncBackend)
 S = TypeVar("S", bound="_Facade[Any]")
 E = TypeVar("E", threading.Event, anyio.Event)
 
@@ -58,7 +59,7 @@ class _Attempt(Generic[E]):
 CLOSE_ELSEWHERE_S = 10.0
 
 
-async def _close_in(token: anyio.lowlevel.EventLoopToken, backend: AsyncRedisLike) -> None:
+async def _close_in(token: anyio.lowlevel.EventLoopToken, backend: AsyncBackend) -> None:
     """Close ``backend`` in the event loop of ``token``, running in another thread."""
     close = functools.partial(anyio.from_thread.run, backend.aclose, token=token)
     with anyio.move_on_after(CLOSE_ELSEWHERE_S):
@@ -174,7 +175,7 @@ class _Facade(Generic[B]):
             self._logger.warning("chat-state could not connect to %s: %s", self._describe(), exc)
 
 
-class State(_Facade[RedisLike]):
+class State(_Facade[Backend]):
     """Chat-bot state for blocking code (scripts, Flask, Django, worker threads).
 
     Safe to share between threads. Use :meth:`from_url` or pass ``client=`` an
@@ -185,17 +186,28 @@ class State(_Facade[RedisLike]):
     """
 
     @staticmethod
-    def _adopt(factory: BackendFactory, client: object) -> RedisLike | None:
+    def _adopt(factory: BackendFactory, client: object) -> Backend | None:
         return factory.adopt_sync(client)
 
     @staticmethod
-    def _open(factory: BackendFactory, url: str) -> RedisLike:
+    def _open(factory: BackendFactory, url: str) -> Backend:
         return factory.open_sync(url)
 
     _attempt: _Attempt[threading.Event] | None = None
 
-    def _run(self, operation: Operation[T]) -> T:
-        return run_sync(self._connected(), operation)
+    def _call(self, key: str | None, args: Args) -> Any:
+        """Send one command; → its normalised reply."""
+        backend = self._backend
+        if backend is None:
+            backend = self._connected()
+        return backend.call(key, args)
+
+    def _script(self, key: str | None, args: Args) -> Any:
+        """Send an EVALSHA; on NOSCRIPT (the server lost its script cache) the EVAL."""
+        try:
+            return self._call(key, args)
+        except NoScriptError:
+            return self._call(key, ops.evaluated(args))
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -221,7 +233,7 @@ class State(_Facade[RedisLike]):
             try:
                 backend = self._opener()
                 try:
-                    backend.ping()
+                    backend.call(None, ops.PING)
                 except BaseException:
                     backend.close()
                     raise
@@ -271,57 +283,68 @@ class State(_Facade[RedisLike]):
         Never KEYS, which blocks the server. As with SCAN, keys written or deleted
         while it runs may or may not be seen.
         """
-        return self._connected().scan_prefix(self._layout.all)
+        return self._connected().scan(self._layout.all)
 
     # -- subscriptions ------------------------------------------------------------
 
     def subscribe(self, thread_id: str) -> None:
         """Add ``thread_id`` to the subscribed threads."""
-        return self._run(ops.subscribe(self._layout, thread_id))
+        where, command, finish = ops.subscribe(self._layout, thread_id)
+        return finish(self._call(where, command))
 
     def unsubscribe(self, thread_id: str) -> None:
         """Remove ``thread_id`` from the subscribed threads."""
-        return self._run(ops.unsubscribe(self._layout, thread_id))
+        where, command, finish = ops.unsubscribe(self._layout, thread_id)
+        return finish(self._call(where, command))
 
     def is_subscribed(self, thread_id: str) -> bool:
         """Whether ``thread_id`` is subscribed."""
-        return self._run(ops.is_subscribed(self._layout, thread_id))
+        where, command, finish = ops.is_subscribed(self._layout, thread_id)
+        return finish(self._call(where, command))
 
     # -- locks --------------------------------------------------------------------
 
     def acquire_lock(self, thread_id: str, ttl_ms: int) -> Lock | None:
         """Take the thread's lock for ``ttl_ms`` ms, or return ``None`` if it is held."""
-        return self._run(ops.acquire_lock(self._layout, thread_id, ttl_ms))
+        where, command, finish = ops.acquire_lock(self._layout, thread_id, ttl_ms)
+        return finish(self._call(where, command))
 
     def release_lock(self, lock: LockLike) -> None:
         """Release ``lock`` if it is still held under its token; otherwise do nothing."""
-        return self._run(ops.release_lock(self._layout, lock))
+        where, command, finish = ops.release_lock(self._layout, lock)
+        return finish(self._script(where, command))
 
     def extend_lock(self, lock: LockLike, ttl_ms: int) -> bool:
         """Give ``lock`` a fresh TTL of ``ttl_ms`` from now, if still held; → success."""
-        return self._run(ops.extend_lock(self._layout, lock, ttl_ms))
+        where, command, finish = ops.extend_lock(self._layout, lock, ttl_ms)
+        return finish(self._script(where, command))
 
     def force_release_lock(self, thread_id: str) -> None:
         """Delete the thread's lock whoever holds it."""
-        return self._run(ops.force_release_lock(self._layout, thread_id))
+        where, command, finish = ops.force_release_lock(self._layout, thread_id)
+        return finish(self._call(where, command))
 
     # -- cache --------------------------------------------------------------------
 
     def get(self, key: str) -> Any:
         """The JSON value at ``key``, or ``None``; raw text if the stored text is not JSON."""
-        return self._run(ops.get(self._layout, key))
+        where, command, finish = ops.get(self._layout, key)
+        return finish(self._call(where, command))
 
     def set(self, key: str, value: Any, ttl_ms: int | None = None) -> None:
         """Store ``value`` as JSON, expiring after ``ttl_ms`` ms if given."""
-        return self._run(ops.set(self._layout, key, value, ttl_ms))
+        where, command, finish = ops.set(self._layout, key, value, ttl_ms)
+        return finish(self._call(where, command))
 
     def set_if_not_exists(self, key: str, value: Any, ttl_ms: int | None = None) -> bool:
         """Store ``value`` only if ``key`` is absent (atomic); → whether it was written."""
-        return self._run(ops.set_if_not_exists(self._layout, key, value, ttl_ms))
+        where, command, finish = ops.set_if_not_exists(self._layout, key, value, ttl_ms)
+        return finish(self._call(where, command))
 
     def delete(self, key: str) -> None:
         """Remove the value at ``key``."""
-        return self._run(ops.delete(self._layout, key))
+        where, command, finish = ops.delete(self._layout, key)
+        return finish(self._call(where, command))
 
     # -- lists --------------------------------------------------------------------
 
@@ -329,28 +352,33 @@ class State(_Facade[RedisLike]):
         self, key: str, value: Any, *, max_length: int | None = None, ttl_ms: int | None = None
     ) -> None:
         """Append ``value``; keep the newest ``max_length``; refresh the TTL (atomic)."""
-        return self._run(ops.append_to_list(self._layout, key, value, max_length, ttl_ms))
+        where, command, finish = ops.append_to_list(self._layout, key, value, max_length, ttl_ms)
+        return finish(self._script(where, command))
 
     def get_list(self, key: str) -> list[Any]:
         """Every value of the list, oldest first; ``[]`` when absent."""
-        return self._run(ops.get_list(self._layout, key))
+        where, command, finish = ops.get_list(self._layout, key)
+        return finish(self._call(where, command))
 
     # -- queues -------------------------------------------------------------------
 
     def enqueue(self, thread_id: str, entry: QueueEntryLike, max_size: int) -> int:
         """Queue ``entry`` for the thread, keeping the newest ``max_size``; → depth."""
-        return self._run(ops.enqueue(self._layout, thread_id, entry, max_size))
+        where, command, finish = ops.enqueue(self._layout, thread_id, entry, max_size)
+        return finish(self._script(where, command))
 
     def dequeue(self, thread_id: str) -> QueueEntry | None:
         """Take the oldest entry of the thread's queue, or ``None``."""
-        return self._run(ops.dequeue(self._layout, thread_id))
+        where, command, finish = ops.dequeue(self._layout, thread_id)
+        return finish(self._call(where, command))
 
     def queue_depth(self, thread_id: str) -> int:
         """How many entries the thread's queue holds (expired ones included)."""
-        return self._run(ops.queue_depth(self._layout, thread_id))
+        where, command, finish = ops.queue_depth(self._layout, thread_id)
+        return finish(self._call(where, command))
 
 
-class AsyncState(_Facade[AsyncRedisLike]):
+class AsyncState(_Facade[AsyncBackend]):
     """Chat-bot state for async code (asyncio; trio with memory and coredis).
 
     Use :meth:`from_url` or pass ``client=`` an existing async client (never closed
@@ -367,11 +395,11 @@ class AsyncState(_Facade[AsyncRedisLike]):
     """
 
     @staticmethod
-    def _adopt(factory: BackendFactory, client: object) -> AsyncRedisLike | None:
+    def _adopt(factory: BackendFactory, client: object) -> AsyncBackend | None:
         return factory.adopt_async(client)
 
     @staticmethod
-    def _open(factory: BackendFactory, url: str) -> AsyncRedisLike:
+    def _open(factory: BackendFactory, url: str) -> AsyncBackend:
         return factory.open_async(url)
 
     _attempt: _Attempt[anyio.Event] | None = None
@@ -379,17 +407,28 @@ class AsyncState(_Facade[AsyncRedisLike]):
     _token: anyio.lowlevel.EventLoopToken | None = None  # the same loop, for other threads
     _loop_end: LoopEnd | None = None  # closes the backend when that loop shuts down
     _ended: str | None = None  # why it is bound to no loop although connect() succeeded
-    _parked: AsyncRedisLike | None = None  # a backend with no connections, kept for connect()
+    _parked: AsyncBackend | None = None  # a backend with no connections, kept for connect()
 
-    def _run(self, operation: Operation[T]) -> Coroutine[Any, Any, T]:
-        # Not a coroutine itself: one frame fewer on every operation. The loop check is
-        # one C call and an identity test; off asyncio (trio) _connected() decides.
+    def _call(self, key: str | None, args: Args) -> Awaitable[Any]:
+        """Send one command; → the backend's awaitable of its normalised reply.
+
+        Not a coroutine itself: the facade's method is the only frame between the
+        caller and the connection. The loop check is one C call and an identity test;
+        off asyncio (trio) :meth:`_connected` decides.
+        """
         backend = self._backend
         if backend is None or self._loop is not asyncio._get_running_loop():
             backend = self._connected()
-        return run_async(backend, operation)
+        return backend.call(key, args)
 
-    def _connected(self) -> AsyncRedisLike:
+    async def _script(self, key: str | None, args: Args) -> Any:
+        """Send an EVALSHA; on NOSCRIPT (the server lost its script cache) the EVAL."""
+        try:
+            return await self._call(key, args)
+        except NoScriptError:
+            return await self._call(key, ops.evaluated(args))
+
+    def _connected(self) -> AsyncBackend:
         """The backend, if this adapter is connected in the running event loop."""
         backend = self._backend
         here = current_loop()
@@ -460,7 +499,7 @@ class AsyncState(_Facade[AsyncRedisLike]):
         try:
             backend, self._parked = self._parked or self._opener(), None
             try:
-                await backend.ping()
+                await backend.call(None, ops.PING)
                 loop_end = LoopEnd(functools.partial(self._at_loop_end, backend))
                 await loop_end.start()
             except BaseException:
@@ -479,7 +518,7 @@ class AsyncState(_Facade[AsyncRedisLike]):
                 self._attempt = None
             attempt.done.set()
 
-    def _unbind(self, ended: str | None, *, keep: bool) -> tuple[AsyncRedisLike | None, object]:
+    def _unbind(self, ended: str | None, *, keep: bool) -> tuple[AsyncBackend | None, object]:
         """Forget the connection: → (backend, its loop). ``ended``: why, when it was not
         :meth:`disconnect`; ``keep``: keep a backend without connections (memory) for the
         next ``connect()``, so that its data lives from connect() to disconnect() in any
@@ -499,7 +538,7 @@ class AsyncState(_Facade[AsyncRedisLike]):
         self._unbind(None, keep=True)
         self._logger.debug("chat-state let go of its connections to %s: %s", self._describe(), why)
 
-    async def _at_loop_end(self, backend: AsyncRedisLike, loop_end: LoopEnd) -> None:
+    async def _at_loop_end(self, backend: AsyncBackend, loop_end: LoopEnd) -> None:
         """The event loop of ``backend`` (watched by ``loop_end``) is shutting down."""
         if self._loop_end is loop_end:  # still this adapter's connection
             self._unbind("was connected in an event loop that has since finished", keep=True)
@@ -578,57 +617,68 @@ class AsyncState(_Facade[AsyncRedisLike]):
         server. As with SCAN, keys written or deleted while it runs may or may not
         be seen.
         """
-        return self._connected().scan_prefix(self._layout.all)
+        return self._connected().scan(self._layout.all)
 
     # -- subscriptions ------------------------------------------------------------
 
     async def subscribe(self, thread_id: str) -> None:
         """Add ``thread_id`` to the subscribed threads."""
-        return await self._run(ops.subscribe(self._layout, thread_id))
+        where, command, finish = ops.subscribe(self._layout, thread_id)
+        return finish(await self._call(where, command))
 
     async def unsubscribe(self, thread_id: str) -> None:
         """Remove ``thread_id`` from the subscribed threads."""
-        return await self._run(ops.unsubscribe(self._layout, thread_id))
+        where, command, finish = ops.unsubscribe(self._layout, thread_id)
+        return finish(await self._call(where, command))
 
     async def is_subscribed(self, thread_id: str) -> bool:
         """Whether ``thread_id`` is subscribed."""
-        return await self._run(ops.is_subscribed(self._layout, thread_id))
+        where, command, finish = ops.is_subscribed(self._layout, thread_id)
+        return finish(await self._call(where, command))
 
     # -- locks --------------------------------------------------------------------
 
     async def acquire_lock(self, thread_id: str, ttl_ms: int) -> Lock | None:
         """Take the thread's lock for ``ttl_ms`` ms, or return ``None`` if it is held."""
-        return await self._run(ops.acquire_lock(self._layout, thread_id, ttl_ms))
+        where, command, finish = ops.acquire_lock(self._layout, thread_id, ttl_ms)
+        return finish(await self._call(where, command))
 
     async def release_lock(self, lock: LockLike) -> None:
         """Release ``lock`` if it is still held under its token; otherwise do nothing."""
-        return await self._run(ops.release_lock(self._layout, lock))
+        where, command, finish = ops.release_lock(self._layout, lock)
+        return finish(await self._script(where, command))
 
     async def extend_lock(self, lock: LockLike, ttl_ms: int) -> bool:
         """Give ``lock`` a fresh TTL of ``ttl_ms`` from now, if still held; → success."""
-        return await self._run(ops.extend_lock(self._layout, lock, ttl_ms))
+        where, command, finish = ops.extend_lock(self._layout, lock, ttl_ms)
+        return finish(await self._script(where, command))
 
     async def force_release_lock(self, thread_id: str) -> None:
         """Delete the thread's lock whoever holds it."""
-        return await self._run(ops.force_release_lock(self._layout, thread_id))
+        where, command, finish = ops.force_release_lock(self._layout, thread_id)
+        return finish(await self._call(where, command))
 
     # -- cache --------------------------------------------------------------------
 
     async def get(self, key: str) -> Any:
         """The JSON value at ``key``, or ``None``; raw text if the stored text is not JSON."""
-        return await self._run(ops.get(self._layout, key))
+        where, command, finish = ops.get(self._layout, key)
+        return finish(await self._call(where, command))
 
     async def set(self, key: str, value: Any, ttl_ms: int | None = None) -> None:
         """Store ``value`` as JSON, expiring after ``ttl_ms`` ms if given."""
-        return await self._run(ops.set(self._layout, key, value, ttl_ms))
+        where, command, finish = ops.set(self._layout, key, value, ttl_ms)
+        return finish(await self._call(where, command))
 
     async def set_if_not_exists(self, key: str, value: Any, ttl_ms: int | None = None) -> bool:
         """Store ``value`` only if ``key`` is absent (atomic); → whether it was written."""
-        return await self._run(ops.set_if_not_exists(self._layout, key, value, ttl_ms))
+        where, command, finish = ops.set_if_not_exists(self._layout, key, value, ttl_ms)
+        return finish(await self._call(where, command))
 
     async def delete(self, key: str) -> None:
         """Remove the value at ``key``."""
-        return await self._run(ops.delete(self._layout, key))
+        where, command, finish = ops.delete(self._layout, key)
+        return finish(await self._call(where, command))
 
     # -- lists --------------------------------------------------------------------
 
@@ -636,22 +686,27 @@ class AsyncState(_Facade[AsyncRedisLike]):
         self, key: str, value: Any, *, max_length: int | None = None, ttl_ms: int | None = None
     ) -> None:
         """Append ``value``; keep the newest ``max_length``; refresh the TTL (atomic)."""
-        return await self._run(ops.append_to_list(self._layout, key, value, max_length, ttl_ms))
+        where, command, finish = ops.append_to_list(self._layout, key, value, max_length, ttl_ms)
+        return finish(await self._script(where, command))
 
     async def get_list(self, key: str) -> list[Any]:
         """Every value of the list, oldest first; ``[]`` when absent."""
-        return await self._run(ops.get_list(self._layout, key))
+        where, command, finish = ops.get_list(self._layout, key)
+        return finish(await self._call(where, command))
 
     # -- queues -------------------------------------------------------------------
 
     async def enqueue(self, thread_id: str, entry: QueueEntryLike, max_size: int) -> int:
         """Queue ``entry`` for the thread, keeping the newest ``max_size``; → depth."""
-        return await self._run(ops.enqueue(self._layout, thread_id, entry, max_size))
+        where, command, finish = ops.enqueue(self._layout, thread_id, entry, max_size)
+        return finish(await self._script(where, command))
 
     async def dequeue(self, thread_id: str) -> QueueEntry | None:
         """Take the oldest entry of the thread's queue, or ``None``."""
-        return await self._run(ops.dequeue(self._layout, thread_id))
+        where, command, finish = ops.dequeue(self._layout, thread_id)
+        return finish(await self._call(where, command))
 
     async def queue_depth(self, thread_id: str) -> int:
         """How many entries the thread's queue holds (expired ones included)."""
-        return await self._run(ops.queue_depth(self._layout, thread_id))
+        where, command, finish = ops.queue_depth(self._layout, thread_id)
+        return finish(await self._call(where, command))

@@ -1,0 +1,54 @@
+"""The backend kit: what a backend implements, and the pieces every backend needs.
+
+A backend is a :class:`BackendFactory` registered under the entry-point group
+:data:`ENTRY_POINT_GROUP` (named by its URL scheme), whose :class:`Backend` /
+:class:`AsyncBackend` sends one command at a time, scans and closes (see
+:mod:`chat_state.backend.interface` for the commands and how replies are
+normalised). chat-state's own backends (``chat_state_redis``,
+``chat_state_valkey``, ``chat_state_coredis``) are built from these names only,
+so a third-party backend can do what they do:
+
+* URLs: :func:`parse_redis_url` and :class:`RedisURL` (every Redis-family form,
+  typed options, unknown ones refused), :func:`redact_url`.
+* Errors: :func:`backend_error` (a client's exception as ours, secrets scrubbed),
+  :func:`configuration_error`, :func:`scrub`, :class:`NoScriptError`.
+* Replies: :func:`normalised`, :func:`text`, :func:`glob_escape` (a prefix as a
+  literal in a SCAN pattern), :func:`anext_or_none`.
+* Async-only clients: :class:`PortalBackend` runs an :class:`AsyncBackend` for
+  State, through one anyio portal per process; :func:`spawn_detached` gives a client
+  a task of its own; :func:`on_asyncio` tells which loop runs.
+"""
+
+from __future__ import annotations
+
+from .errors import backend_error, configuration_error, scrub
+from .interface import Arg, Args, AsyncBackend, Backend, BackendFactory, NoScriptError
+from .loops import on_asyncio, spawn_detached
+from .portal import PortalBackend
+from .registry import ENTRY_POINT_GROUP
+from .replies import anext_or_none, glob_escape, normalised, text
+from .urls import SCHEMES, RedisURL, parse_redis_url, redact_url
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "SCHEMES",
+    "Arg",
+    "Args",
+    "AsyncBackend",
+    "Backend",
+    "BackendFactory",
+    "NoScriptError",
+    "PortalBackend",
+    "RedisURL",
+    "anext_or_none",
+    "backend_error",
+    "configuration_error",
+    "glob_escape",
+    "normalised",
+    "on_asyncio",
+    "parse_redis_url",
+    "redact_url",
+    "scrub",
+    "spawn_detached",
+    "text",
+]

@@ -1,0 +1,68 @@
+"""How a command on one of chat-state's own connections can fail, and the retry schedule.
+
+Every failure is a :class:`~chat_state.errors.BackendError`: what reaches the caller
+needs no translation (the messages hold no secret: a server never repeats a
+password, and addresses are not secret). The routes tell them apart: a command that
+failed in flight (:class:`ConnectionLost`) may have run and is never sent again; one
+that could not be sent (:class:`ConnectFailed`) may be.
+"""
+
+from __future__ import annotations
+
+from chat_state.backend.interface import NoScriptError
+from chat_state.errors import BackendError
+
+__all__ = [
+    "BACKOFF_BASE_S",
+    "BACKOFF_CAP_S",
+    "CONNECT_ATTEMPTS",
+    "ConnectFailed",
+    "ConnectionLost",
+    "ServerError",
+    "backoff",
+    "connect_delays",
+    "describe",
+    "raise_reply",
+]
+
+#: Attempts to open a connection before a command fails, and the backoff between them
+#: (the same bounds as the pooled clients' retry policy).
+CONNECT_ATTEMPTS = 4
+BACKOFF_BASE_S = 0.025
+BACKOFF_CAP_S = 0.25
+
+
+class ConnectionLost(BackendError):
+    """The connection failed while the command was in flight (it may have run)."""
+
+
+class ConnectFailed(ConnectionLost):
+    """No connection could be opened, so the command was never sent."""
+
+
+class ServerError(BackendError):
+    """The server answered a command with an error reply (hiredis builds these)."""
+
+
+def raise_reply(reply: ServerError) -> None:
+    """Raise an error reply: NOSCRIPT as :class:`NoScriptError`, others as they are."""
+    if str(reply).startswith("NOSCRIPT"):
+        raise NoScriptError(str(reply))
+    raise reply
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (0-based): exponential, capped."""
+    return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+
+
+def connect_delays() -> list[float]:
+    """Seconds to wait before each attempt to open a connection."""
+    return [0.0] + [backoff(attempt) for attempt in range(CONNECT_ATTEMPTS - 1)]
+
+
+def describe(exc: BaseException) -> str:
+    """A failure in a few words, for a message (a timeout's text is often empty)."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "timed out"
+    return str(exc) or type(exc).__name__

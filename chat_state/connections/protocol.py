@@ -1,0 +1,28 @@
+"""RESP, as chat-state's own connections speak it: hiredis packs the commands and
+parses the replies."""
+
+from __future__ import annotations
+
+import hiredis
+
+from chat_state.backend.interface import Args
+
+from .failures import ServerError
+
+__all__ = ["SCAN_COUNT", "new_reader", "pack"]
+
+#: Keys a SCAN step asks for.
+SCAN_COUNT = 1000
+
+
+def pack(args: Args) -> bytes:
+    """One command in RESP (the operations have checked that every text has a UTF-8 form)."""
+    # hiredis's stub types the argument as a one-element tuple; it takes any length.
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
+    return packed
+
+
+def new_reader() -> hiredis.Reader:
+    """A reply parser: text as ``str`` (U+FFFD for bytes that are not UTF-8, as in
+    TypeScript), error replies as :class:`ServerError` values."""
+    return hiredis.Reader(encoding="utf-8", errors="replace", replyError=ServerError)

@@ -1,0 +1,10 @@
+"""chat-state's core: the contract's semantics, written once, without I/O.
+
+:mod:`~chat_state.core.operations` (each operation a prepared command and how to
+read its reply), :mod:`~chat_state.core.layout` (key names, shared with the
+TypeScript adapters), :mod:`~chat_state.core.codec` (JSON as ``JSON.stringify``
+writes it), :mod:`~chat_state.core.validate` (argument checks and ranges) and
+:mod:`~chat_state.core.scripts` (the Lua scripts and their Python twins). It
+imports no asyncio, anyio, socket, threading or hiredis. Internal: its names may
+change between releases.
+"""

@@ -19,6 +19,8 @@ from chat_sdk.state.redis import RedisStateAdapter
 from chat_sdk.types import QueueEntry as ChatSdkQueueEntry
 
 from chat_state import AsyncState, QueueEntry, State
+from chat_state.backend import parse_redis_url
+from chat_state.connections import open_async
 
 from ._measure import CellResult, Timing, measure_async, measure_threads
 from ._workloads import (
@@ -35,7 +37,7 @@ __all__ = ["SUBJECTS", "Subject", "run_async_subject", "run_sync_subject"]
 
 Backend = Literal["memory", "standalone", "cluster"]
 Kind = Literal["async", "sync", "node"]
-Library = Literal["chat-state", "redis-py", "chat_sdk", "ts-ioredis", "ts-redis"]
+Library = Literal["chat-state", "chat-state-raw", "redis-py", "chat_sdk", "ts-ioredis", "ts-redis"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,14 @@ SUBJECTS: tuple[Subject, ...] = (
         "standalone",
         "chat-state",
         "uvloop",
+    ),
+    Subject(
+        "async-own",
+        "AS raw",
+        f"chat-state's own connection (AsyncState's), raw commands, no facade, {_SA}",
+        "async",
+        "standalone",
+        "chat-state-raw",
     ),
     Subject(
         "async-cluster",
@@ -152,6 +162,19 @@ class _SyncOpened:
     seed: SyncSeed | None
 
 
+def _no_library_client() -> tuple[Any, list[Any]]:
+    raise RuntimeError("the raw own-connection subject has no client library")
+
+
+def _redispy_send(client: Any) -> Callable[[str, tuple[Any, ...]], Any]:
+    """A redis-py client's way to send one command (its reply callbacks included)."""
+
+    def send(key: str, args: tuple[Any, ...]) -> Any:
+        return client.execute_command(*args)
+
+    return send
+
+
 def _chat_state_entry(enqueued_at: int, expires_at: int, message: Any) -> QueueEntry:
     return QueueEntry(enqueued_at, expires_at, message)
 
@@ -180,9 +203,23 @@ async def _open_async(subject: Subject, url: str) -> AsyncIterator[_AsyncOpened]
             shas = {
                 name: await client.script_load(lua_source(name)) for name in ("release", "push")
             }
-            yield _AsyncOpened(lambda w, tag: async_raw_ops(client, w, tag, shas), None)
+            yield _AsyncOpened(
+                lambda w, tag: async_raw_ops(_redispy_send(client), w, tag, shas), None
+            )
         finally:
             await client.aclose()
+    elif subject.library == "chat-state-raw":
+        # The connection AsyncState sends through, with the same commands as the raw
+        # redis-py subject: the facade's cost is AsyncState's throughput over this one's.
+        own = open_async(parse_redis_url(url), _no_library_client)
+        try:
+            shas = {
+                name: await own.call(None, ("SCRIPT", "LOAD", lua_source(name)))
+                for name in ("release", "push")
+            }
+            yield _AsyncOpened(lambda w, tag: async_raw_ops(own.call, w, tag, shas), None)
+        finally:
+            await own.aclose()
     elif subject.library == "chat_sdk":
         adapter = RedisStateAdapter(url=url)
         await adapter.connect()
@@ -214,7 +251,9 @@ def _open_sync(subject: Subject, url: str) -> Iterator[_SyncOpened]:
         client = redis.Redis.from_url(url, decode_responses=True)
         try:
             shas = {name: str(client.script_load(lua_source(name))) for name in ("release", "push")}
-            yield _SyncOpened(lambda w, tag: sync_raw_ops(client, w, tag, shas), None)
+            yield _SyncOpened(
+                lambda w, tag: sync_raw_ops(_redispy_send(client), w, tag, shas), None
+            )
         finally:
             client.close()
     else:

@@ -25,9 +25,11 @@ __all__ = [
     "MESSAGE",
     "WORKLOADS",
     "AsyncOp",
+    "AsyncSend",
     "AsyncStateAPI",
     "EntryFactory",
     "SyncOp",
+    "SyncSend",
     "SyncStateAPI",
     "Workload",
     "async_raw_ops",
@@ -226,7 +228,7 @@ def sync_state_ops(state: SyncStateAPI, workload: str, tag: str, entry: EntryFac
     return ops[workload]
 
 
-# -- raw redis-py: the commands chat-state sends, and the work any adapter must do -------
+# -- raw commands: what chat-state sends, and the work any adapter must do --------------
 
 
 def _queue_text(now: int) -> tuple[str, int]:
@@ -236,8 +238,13 @@ def _queue_text(now: int) -> tuple[str, int]:
     return text, max(expires - now_ms(), QUEUE_MIN_TTL_MS)
 
 
-def async_raw_ops(client: Any, workload: str, tag: str, shas: dict[str, str]) -> AsyncOp:
-    """The op of ``workload`` as raw commands on a ``redis.asyncio.Redis``.
+#: Sends one command (``key`` routes it on a Cluster; redis-py's client ignores it).
+AsyncSend = Callable[[str, tuple[Any, ...]], Awaitable[Any]]
+SyncSend = Callable[[str, tuple[Any, ...]], Any]
+
+
+def async_raw_ops(send: AsyncSend, workload: str, tag: str, shas: dict[str, str]) -> AsyncOp:
+    """The op of ``workload`` as raw commands, each sent with ``send``.
 
     W1 = SET NX PX + EVALSHA release, W2 = SET NX PX, W3 = SET PX + GET,
     W4 = SISMEMBER, W5 = EVALSHA push + LPOP: what chat-state sends. The op also
@@ -249,65 +256,67 @@ def async_raw_ops(client: Any, workload: str, tag: str, shas: dict[str, str]) ->
     async def w1(i: int) -> bool:
         key = f"{PREFIX}:lock:{thread_id(tag, i)}"
         token = secrets.token_hex(16)
-        if not await client.set(key, token, px=LOCK_TTL_MS, nx=True):
+        if not await send(key, ("SET", key, token, "PX", LOCK_TTL_MS, "NX")):
             return False
-        await client.evalsha(shas["release"], 1, key, token)
+        await send(key, ("EVALSHA", shas["release"], 1, key, token))
         return True
 
     async def w2(i: int) -> bool:
         key = f"{PREFIX}:cache:dedupe:{tag}:{i}"
-        return bool(await client.set(key, _TRUE, px=CACHE_TTL_MS, nx=True))
+        return bool(await send(key, ("SET", key, _TRUE, "PX", CACHE_TTL_MS, "NX")))
 
     async def w3(i: int) -> bool:
         key = f"{PREFIX}:cache:{cache_key(i)}"
-        await client.set(key, _encode(CACHE_VALUE), px=CACHE_TTL_MS)
-        text = await client.get(key)
+        await send(key, ("SET", key, _encode(CACHE_VALUE), "PX", CACHE_TTL_MS))
+        text = await send(key, ("GET", key))
         return text is not None and json.loads(text) is not None
 
     async def w4(i: int) -> bool:
-        return bool(await client.sismember(subscriptions, member(i % SUBSCRIPTIONS)))
+        return bool(
+            await send(subscriptions, ("SISMEMBER", subscriptions, member(i % SUBSCRIPTIONS)))
+        )
 
     async def w5(i: int) -> bool:
         key = f"{PREFIX}:queue:{thread_id(tag, i)}"
         text, ttl = _queue_text(now_ms())
-        await client.evalsha(shas["push"], 1, key, text, QUEUE_MAX, ttl)
-        popped = await client.lpop(key)
+        await send(key, ("EVALSHA", shas["push"], 1, key, text, QUEUE_MAX, ttl))
+        popped = await send(key, ("LPOP", key))
         return popped is not None and json.loads(popped) is not None
 
     ops: dict[str, AsyncOp] = {"w1": w1, "w2": w2, "w3": w3, "w4": w4, "w5": w5}
     return ops[workload]
 
 
-def sync_raw_ops(client: Any, workload: str, tag: str, shas: dict[str, str]) -> SyncOp:
-    """The op of ``workload`` as raw commands on a blocking ``redis.Redis`` (as above)."""
+def sync_raw_ops(send: SyncSend, workload: str, tag: str, shas: dict[str, str]) -> SyncOp:
+    """The op of ``workload`` as raw blocking commands, each sent with ``send`` (as above)."""
     subscriptions = f"{PREFIX}:subscriptions"
 
     def w1(i: int) -> bool:
         key = f"{PREFIX}:lock:{thread_id(tag, i)}"
         token = secrets.token_hex(16)
-        if not client.set(key, token, px=LOCK_TTL_MS, nx=True):
+        if not send(key, ("SET", key, token, "PX", LOCK_TTL_MS, "NX")):
             return False
-        client.evalsha(shas["release"], 1, key, token)
+        send(key, ("EVALSHA", shas["release"], 1, key, token))
         return True
 
     def w2(i: int) -> bool:
         key = f"{PREFIX}:cache:dedupe:{tag}:{i}"
-        return bool(client.set(key, _TRUE, px=CACHE_TTL_MS, nx=True))
+        return bool(send(key, ("SET", key, _TRUE, "PX", CACHE_TTL_MS, "NX")))
 
     def w3(i: int) -> bool:
         key = f"{PREFIX}:cache:{cache_key(i)}"
-        client.set(key, _encode(CACHE_VALUE), px=CACHE_TTL_MS)
-        text = client.get(key)
+        send(key, ("SET", key, _encode(CACHE_VALUE), "PX", CACHE_TTL_MS))
+        text = send(key, ("GET", key))
         return text is not None and json.loads(text) is not None
 
     def w4(i: int) -> bool:
-        return bool(client.sismember(subscriptions, member(i % SUBSCRIPTIONS)))
+        return bool(send(subscriptions, ("SISMEMBER", subscriptions, member(i % SUBSCRIPTIONS))))
 
     def w5(i: int) -> bool:
         key = f"{PREFIX}:queue:{thread_id(tag, i)}"
         text, ttl = _queue_text(now_ms())
-        client.evalsha(shas["push"], 1, key, text, QUEUE_MAX, ttl)
-        popped = client.lpop(key)
+        send(key, ("EVALSHA", shas["push"], 1, key, text, QUEUE_MAX, ttl))
+        popped = send(key, ("LPOP", key))
         return popped is not None and json.loads(popped) is not None
 
     ops: dict[str, SyncOp] = {"w1": w1, "w2": w2, "w3": w3, "w4": w4, "w5": w5}

@@ -36,7 +36,8 @@ class Lock:
     """A per-thread lock, as returned by ``acquire_lock``.
 
     The lock is a value: whoever holds this object can release or extend the lock,
-    and nobody else can (the ``token`` is 128+ random bits from :mod:`secrets`).
+    and nobody else can (the ``token`` is 128 random bits from ``os.urandom``, the
+    source of :mod:`secrets`).
 
     Attributes:
         thread_id: The thread the lock is for.

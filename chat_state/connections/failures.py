@@ -23,6 +23,7 @@ __all__ = [
     "connect_delays",
     "describe",
     "raise_reply",
+    "reply_error",
 ]
 
 #: Attempts to open a connection before a command fails, and the backoff between them
@@ -44,11 +45,16 @@ class ServerError(BackendError):
     """The server answered a command with an error reply (hiredis builds these)."""
 
 
-def raise_reply(reply: ServerError) -> None:
-    """Raise an error reply: NOSCRIPT as :class:`NoScriptError`, others as they are."""
+def reply_error(reply: ServerError) -> BackendError:
+    """What an error reply raises: NOSCRIPT as :class:`NoScriptError`, others as they are."""
     if str(reply).startswith("NOSCRIPT"):
-        raise NoScriptError(str(reply))
-    raise reply
+        return NoScriptError(str(reply))
+    return reply
+
+
+def raise_reply(reply: ServerError) -> None:
+    """Raise an error reply (see :func:`reply_error`)."""
+    raise reply_error(reply)
 
 
 def backoff(attempt: int) -> float:

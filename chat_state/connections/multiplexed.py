@@ -50,7 +50,7 @@ from .failures import (
     ServerError,
     connect_delays,
     describe,
-    raise_reply,
+    reply_error,
 )
 from .nodes import NodeTable
 from .protocol import SCAN_COUNT, new_reader, pack
@@ -115,7 +115,11 @@ class _Link(asyncio.Protocol):
         try:
             while (reply := reader.gets()) is not False:
                 future = pending.popleft()[0]
-                if not future.done():  # a cancelled caller's reply is dropped here
+                if future.done():  # a cancelled caller's reply is dropped here
+                    continue
+                if type(reply) is ServerError:  # an error reply is raised where awaited
+                    future.set_exception(reply_error(reply))
+                else:
                     future.set_result(reply)
         except hiredis.ProtocolError as exc:
             self.fail(f"the server's reply could not be read ({exc})")
@@ -130,7 +134,9 @@ class _Link(asyncio.Protocol):
     # -- commands ---------------------------------------------------------------------
 
     def send(self, args: Args) -> asyncio.Future[Any]:
-        """Send ``args``, at once or with the rest of this turn's; → its reply's future."""
+        """Send ``args``, at once or with the rest of this turn's; → its reply's future
+        (an error reply is its exception: :class:`ServerError`, or NOSCRIPT's
+        :class:`~chat_state.backend.NoScriptError`)."""
         if self._failure is not None:
             raise ConnectionLost(self._failure)
         future = self._loop.create_future()
@@ -219,7 +225,13 @@ async def _open_link(address: Address, settings: Settings) -> _Link:
                     server_hostname=address.host if settings.tls else None,
                 )
         futures = [link.send(command) for command in settings.handshake()]
-        settings.check([await future for future in futures])
+        replies: list[Any] = []
+        for future in futures:
+            try:
+                replies.append(await future)
+            except ServerError as refused:  # Settings.check decides
+                replies.append(refused)
+        settings.check(replies)
     except BaseException:
         link.fail("the connection could not be prepared")
         raise
@@ -276,11 +288,13 @@ class Node:
             self._opening.add_done_callback(self._opened)
         return await asyncio.shield(self._opening)
 
-    async def call(self, key: str | None, args: Args) -> Any:
-        """Run one command; an error reply is raised as :class:`ServerError` (NOSCRIPT as
-        :class:`~chat_state.backend.NoScriptError`).
+    def call(self, key: str | None, args: Args) -> Awaitable[Any]:
+        """Run one command: → what to await for its reply; an error reply is raised as
+        :class:`ServerError` (NOSCRIPT as :class:`~chat_state.backend.NoScriptError`).
 
-        ``key`` is the router's argument (which node); one node ignores it.
+        Not a coroutine: on an open connection it is the reply's future itself, so that
+        the caller's frame is the only one. ``key`` is the router's argument (which
+        node); one node ignores it.
         """
         link = self._link
         # A connection quiet for QUIET_CHECK_S is checked first (tested inline: a call
@@ -294,20 +308,18 @@ class Node:
                 and link.stale()
             )
         ):
-            link = await self.link()
-        reply = await link.send(args)
-        if type(reply) is ServerError:
-            raise_reply(reply)
-        return reply
+            return self._open_and_send(args)
+        return link.send(args)
+
+    async def _open_and_send(self, args: Args) -> Any:
+        link = await self.link()
+        return await link.send(args)
 
     async def asking(self, args: Args) -> Any:
         """``args`` right after ASKING, in the same write (a Cluster slot being imported)."""
         link = await self.link()
         link.send(("ASKING",)).add_done_callback(_retrieve)
-        reply = await link.send(args)
-        if type(reply) is ServerError:
-            raise_reply(reply)
-        return reply
+        return await link.send(args)
 
     async def scan(self, pattern: str) -> AsyncIterator[str]:
         """Every key matching ``pattern``, by SCAN."""

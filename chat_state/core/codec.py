@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
+from json.encoder import encode_basestring
 from typing import Any, NoReturn
 
 from chat_state.errors import SerializationError
@@ -69,9 +71,29 @@ def _to_json_hook(value: object) -> Any:
     raise TypeError(f"an object of type {type(value).__name__} is not plain JSON")
 
 
-_encoder = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_to_json_hook
-)
+def _one_shot_encoder() -> Callable[[object], str]:
+    """``JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+    default=_to_json_hook).encode``, made once: the C encoder itself where there is one
+    (``JSONEncoder.encode`` builds a new one for every value). It keeps no memo of the
+    containers it is in, so that threads may share it: a value that contains itself
+    nests without end and fails as too deep (RecursionError), as any value too deep."""
+    encoder = json.JSONEncoder(
+        ensure_ascii=False,
+        allow_nan=False,
+        separators=(",", ":"),
+        default=_to_json_hook,
+        check_circular=False,
+    )
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # an interpreter without the C accelerator
+        return encoder.encode
+    encode_chunks = c_make_encoder(
+        None, _to_json_hook, encode_basestring, None, ":", ",", False, False, False
+    )
+    return lambda value: "".join(encode_chunks(value, 0))
+
+
+_encode = _one_shot_encoder()
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -80,6 +102,9 @@ def _refuse_constant(name: str) -> NoReturn:
 
 
 _decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+#: The decoder's own scanner (``JSONDecoder.decode`` is it, between two regex matches
+#: for whitespace, which stored JSON text does not have: it is tried first).
+_scan: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 
 
 #: Python pads a negative exponent to two digits; JSON.stringify does not, and writes
@@ -104,10 +129,14 @@ def encode(value: object) -> str:
     if value is True:  # what de-duplication stores on every webhook: skip the encoder
         return "true"
     try:
-        text = _encoder.encode(value)
+        text = _encode(value)
         _refuse_other_keys(value)
-    except (TypeError, ValueError, RecursionError) as exc:
+    except (TypeError, ValueError) as exc:
         raise SerializationError(f"value cannot be stored as JSON: {exc}") from None
+    except RecursionError:
+        raise SerializationError(
+            "value cannot be stored as JSON: it nests too deeply, or contains itself"
+        ) from None
     if "e-0" in text and _PADDED_EXPONENT.search(text):
         text = _STRING_OR_SMALL_FLOAT.sub(_javascript_float, text)
     if not text.isascii() and _SURROGATE.search(text):
@@ -119,6 +148,12 @@ def encode(value: object) -> str:
 def decode(text: str) -> Any:
     """Parse stored JSON text; text that is not JSON is returned as it is."""
     try:
+        try:
+            value, end = _scan(text, 0)
+            if end == len(text):
+                return value
+        except (StopIteration, ValueError):
+            pass  # not JSON, or with whitespace around it: the whole decoder decides
         return _decoder.decode(text)
     except ValueError:
         return text
@@ -140,7 +175,7 @@ def encode_queue_entry(
 def _revive_message(message: Any) -> Any:
     # chat_sdk's own adapter turns stored messages back into Message objects; do the
     # same when the application uses chat_sdk (never import it ourselves).
-    if isinstance(message, dict) and message.get("_type") == _CHAT_SDK_MESSAGE:
+    if type(message) is dict and message.get("_type") == _CHAT_SDK_MESSAGE:
         types_module = sys.modules.get("chat_sdk.types")
         if types_module is not None:
             return types_module.Message.from_json(message)
@@ -150,6 +185,10 @@ def _revive_message(message: Any) -> Any:
 def decode_queue_entry(text: str) -> QueueEntry:
     """Parse a stored queue entry, camelCase (TypeScript) or snake_case (``chat_sdk``)."""
     data = decode(text)
+    if type(data) is dict and "message" in data:
+        enqueued_at, expires_at = data.get("enqueuedAt"), data.get("expiresAt")
+        if type(enqueued_at) is int and type(expires_at) is int:  # as chat-state writes it
+            return QueueEntry(enqueued_at, expires_at, _revive_message(data["message"]))
     if isinstance(data, dict) and "message" in data:
         enqueued_at = _milliseconds(data.get("enqueuedAt", data.get("enqueued_at")))
         expires_at = _milliseconds(data.get("expiresAt", data.get("expires_at")))

@@ -2,8 +2,9 @@
 
 Built-in schemes live in a table that maps each to the module holding its
 :class:`~chat_state.backend.BackendFactory` and the extra that installs it, so a
-missing client library gives ``pip install "chat-state[redis]"`` rather than an
-``ImportError``. Third-party backends register a factory under the entry-point
+missing backend distribution or client library gives a :class:`ConfigurationError`
+saying which of the two is installed and ``pip install "chat-state[redis]"``, rather
+than an ``ImportError``. Third-party backends register a factory under the entry-point
 group ``chat_state.backends`` (the entry point's name is the URL scheme); they
 are read lazily and cannot replace a built-in scheme.
 """
@@ -11,11 +12,13 @@ are read lazily and cannot replace a built-in scheme.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from chat_state.errors import ConfigurationError
 
@@ -32,9 +35,25 @@ logger = logging.getLogger("chat_state")
 
 @dataclass(frozen=True, slots=True)
 class _Driver:
+    """A built-in backend: its module, the extra that installs it, its client library.
+
+    For the Redis family the extra's name is also the client library's top-level
+    package and the suffix of the backend's distribution (``chat-state-redis``).
+    """
+
     module: str
     extra: str | None
     library: str
+
+    @property
+    def distribution(self) -> str:
+        """The distribution that ships :attr:`module`."""
+        return f"chat-state-{self.extra}" if self.extra else "chat-state"
+
+    @property
+    def package(self) -> str | None:
+        """The client library's top-level package (none for the memory backend)."""
+        return self.extra
 
 
 _MEMORY = _Driver("chat_state.memory", None, "the memory backend")
@@ -59,28 +78,90 @@ _CLIENT_PACKAGES: dict[str, _Driver] = {
 }
 
 
-def _load(driver: _Driver, what: str) -> BackendFactory:
+#: What keeps a backend from loading: its distribution, its client library, both, or
+#: something else (a broken install).
+_Missing = Literal["backend", "library", "both", "other"]
+
+
+def _within(name: str | None, package: str) -> bool:
+    """Whether module ``name`` is ``package`` or one of its submodules."""
+    return name is not None and f"{name}.".startswith(f"{package}.")
+
+
+def _importable(package: str) -> bool:
+    """Whether the top-level ``package`` is installed (found without importing it)."""
+    if package in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _what_is_missing(driver: _Driver, exc: ImportError) -> _Missing:
+    if driver.package is None:
+        return "other"
+    if _within(exc.name, driver.module):
+        return "backend" if _importable(driver.package) else "both"
+    if _within(exc.name, driver.package):
+        return "library"
+    return "other"
+
+
+def _missing(driver: _Driver, what: str, exc: ImportError) -> ConfigurationError:
+    """The error for ``driver`` failing to import with ``exc``: what is installed, what
+    is not, and the command that installs what is missing."""
+    missing = _what_is_missing(driver, exc)
+    not_found = isinstance(exc, ModuleNotFoundError) and exc.name
+    detail = f"{exc.name} is missing" if not_found else str(exc)
+    if driver.extra is None:
+        return ConfigurationError(
+            f"{what} needs {driver.library}, which cannot be imported ({detail}); "
+            "reinstall chat-state: pip install --force-reinstall chat-state"
+        )
+    backend, library = driver.distribution, driver.library
+    install = f'pip install "chat-state[{driver.extra}]"'
+    state = {
+        "backend": f"{library} is installed but {backend} is not",
+        "library": f"{backend} is installed but {library} is not",
+        "both": "neither is installed",
+        "other": f"{backend} cannot be imported ({detail})",
+    }[missing]
+    if missing == "other":
+        install = f'pip install --force-reinstall "chat-state[{driver.extra}]"'
+    return ConfigurationError(f"{what} needs {backend} and {library}; {state}: {install}")
+
+
+def _import(driver: _Driver) -> BackendFactory | ImportError:
+    """The backend factory of ``driver``, or why its module cannot be imported."""
     try:
         module = importlib.import_module(driver.module)
     except ImportError as exc:
-        hint = f'pip install "chat-state[{driver.extra}]"' if driver.extra else "a reinstall"
-        raise ConfigurationError(
-            f"{what} needs {driver.library}, which is not installed ({exc.name} is missing); "
-            f"install it with: {hint}"
-        ) from None
+        return exc
     factory: BackendFactory = module.BACKEND
     return factory
 
 
+def _load(driver: _Driver, what: str) -> BackendFactory:
+    found = _import(driver)
+    if isinstance(found, ImportError):
+        raise _missing(driver, what, found)
+    return found
+
+
 def _load_first(drivers: tuple[str, ...], what: str) -> BackendFactory:
-    """The first of ``drivers`` that is installed; if none is, the first one's error."""
-    errors: list[ConfigurationError] = []
+    """The first of ``drivers`` that is installed; if none is, the error of the first
+    that is half installed (the backend without its library or the reverse: the other
+    half is what the user most likely lacks), else the first one's."""
+    failures: list[tuple[_Driver, ImportError]] = []
     for name in drivers:
-        try:
-            return _load(_DRIVERS[name], what)
-        except ConfigurationError as exc:
-            errors.append(exc)
-    raise errors[0]
+        found = _import(_DRIVERS[name])
+        if not isinstance(found, ImportError):
+            return found
+        failures.append((_DRIVERS[name], found))
+    half = [f for f in failures if _what_is_missing(*f) in ("backend", "library")]
+    driver, exc = (half or failures)[0]
+    raise _missing(driver, what, exc)
 
 
 def _plugins() -> dict[str, BackendFactory]:
@@ -118,8 +199,9 @@ def factory_for_url(url: str, driver: str | None = None) -> BackendFactory:
             raise ConfigurationError("driver= applies to Redis URLs, not to memory://")
         return _load(_MEMORY, "memory://")
     if scheme in _SCHEMES:
-        what = f"the {scheme}:// scheme"
-        return _load(_DRIVERS[driver], what) if driver else _load_first(_SCHEMES[scheme], what)
+        if driver:
+            return _load(_DRIVERS[driver], f"driver={driver!r}")
+        return _load_first(_SCHEMES[scheme], f"the {scheme}:// scheme")
     plugin = _plugins().get(scheme) if scheme else None
     if plugin is None or driver is not None:
         known = ", ".join(f"{name}://" for name in known_schemes())

@@ -17,6 +17,9 @@ so a third-party backend can do what they do:
 * Async-only clients: :class:`PortalBackend` runs an :class:`AsyncBackend` for
   State, through one anyio portal per process; :func:`spawn_detached` gives a client
   a task of its own; :func:`on_asyncio` tells which loop runs.
+* Client libraries shaped like redis-py: :class:`~chat_state.backend.redis_family.RedisFamily`
+  (``chat_state_redis`` and ``chat_state_valkey`` are one each), with chat-state's own
+  connections as the default and the library's pooled clients as the alternative.
 """
 
 from __future__ import annotations

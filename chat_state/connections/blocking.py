@@ -287,12 +287,7 @@ class BlockingBackend:
 
     def __init__(self, plan: Plan) -> None:
         self._library = ClientOnDemand(plan.library_client)
-        self._node: BlockingNode | BlockingRouted
-        if plan.routes is None:
-            assert plan.address is not None
-            self._node = BlockingNode(plan.address, plan.settings)
-        else:
-            self._node = BlockingRouted(plan.routes, plan.settings, plan.sentinel_settings)
+        self._node: BlockingNode | BlockingRouted = plan.build(BlockingNode, BlockingRouted)
         self.call = self._node.call
 
     @property

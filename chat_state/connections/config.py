@@ -14,7 +14,7 @@ import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from chat_state.backend.errors import configuration_error
 from chat_state.backend.interface import Args
@@ -26,6 +26,9 @@ from .keyslot import key_slot
 from .routes import ClusterRoutes, Routes, SentinelRoutes
 
 __all__ = ["ClientOnDemand", "LibraryClient", "Plan", "Settings", "plan_for"]
+
+One = TypeVar("One")
+Many = TypeVar("Many")
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,17 @@ class Plan:
     library_client: LibraryClient  # for get_client()
     address: Address | None = None  # one server...
     routes: Routes | None = None  # ...or a Sentinel group or Cluster
+
+    def build(
+        self,
+        one: Callable[[Address, Settings], One],
+        routed: Callable[[Routes, Settings, Settings], Many],
+    ) -> One | Many:
+        """A transport's router: ``one`` for one server, else ``routed`` on the routes."""
+        if self.routes is None:
+            assert self.address is not None
+            return one(self.address, self.settings)
+        return routed(self.routes, self.settings, self.sentinel_settings)
 
 
 def _tls(url: RedisURL) -> ssl.SSLContext | None:

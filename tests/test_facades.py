@@ -40,8 +40,7 @@ from chat_state.backend import parse_redis_url
 from chat_state.backend import registry as registry_module
 from chat_state.memory import BACKEND as MEMORY_BACKEND
 from chat_state.memory import store_for_url
-
-from .servers import RedisServer, free_port
+from chat_state.testing import RedisServer, free_port
 
 
 def factory_of(state: Any) -> Any:

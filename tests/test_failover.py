@@ -20,15 +20,12 @@ from typing import Any
 
 import anyio
 import pytest
-import redis
-from redis.crc import key_slot
 
 from chat_state import AsyncState, BackendError, Lock, State
 from chat_state.core.operations import now_ms
+from chat_state.testing import AdminClient, Cluster, RedisServer, SentinelGroup, key_slot
 
 from .conftest import FIGURES, SERVERS, AsAsync, _unavailable
-from .servers import RedisServer
-from .topologies import Cluster, SentinelGroup
 
 HOT = "{hot}"  # a hash tag: every key of the load lives in one Cluster slot
 LOAD_KEYS = 20
@@ -130,14 +127,14 @@ def _check_seeded(url: str, prefix: str) -> None:
         assert state.is_subscribed(f"{HOT}:subscribed")
 
 
-def _wait_replicated(primary: redis.Redis) -> None:
+def _wait_replicated(primary: AdminClient) -> None:
     """Wait until the replica acknowledged everything written: the failover is then clean.
 
     WAIT counts only the calling connection's writes, so write a marker on this
     connection first (in the load's slot): replication offsets are ordered, so once
     the marker is acknowledged, every earlier write, from any connection, is too.
     """
-    primary.set(f"{HOT}:replicated-marker", "1")
+    primary.execute_command("SET", f"{HOT}:replicated-marker", "1")
     acknowledged = primary.execute_command("WAIT", 1, 5_000)
     assert acknowledged >= 1, "the replica did not acknowledge the writes"
 
@@ -178,7 +175,7 @@ def sentinel_group(binary: str) -> Iterator[SentinelGroup]:
 
 
 def _kill_under_load(
-    url: str, facade: str, primary: RedisServer, admin: redis.Redis, title: str
+    url: str, facade: str, primary: RedisServer, admin: AdminClient, title: str
 ) -> None:
     """Seed data, wait for its replication, kill ``primary`` under load, measure."""
     prefix = f"fo-{facade}"

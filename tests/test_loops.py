@@ -27,9 +27,9 @@ import trio
 import uvloop
 
 from chat_state import AsyncState, NotConnectedError, WrongLoopError
+from chat_state.testing import RedisServer
 
 from .conftest import Target
-from .servers import RedisServer
 
 #: Backends whose AsyncState runs on asyncio: memory, chat-state's own connections
 #: (standalone, Cluster, Sentinel), redis-py's pool, valkey-py, coredis.

@@ -23,8 +23,7 @@ import redis
 import redis.asyncio
 
 from chat_state import AsyncState, BackendError, State
-
-from .servers import RedisServer
+from chat_state.testing import RedisServer
 
 CALLERS = 64
 

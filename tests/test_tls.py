@@ -11,8 +11,7 @@ import pytest
 import trustme
 
 from chat_state import AsyncState, BackendError, State
-
-from .servers import RedisServer, free_port
+from chat_state.testing import RedisServer, free_port
 
 pytestmark = pytest.mark.anyio
 

@@ -183,33 +183,50 @@ class ClusterRoutes:
             raise ConnectFailed("no Cluster node serves the key's slot")
         return owner
 
+    def _outdated(self, routed: int, moved: str = "") -> None:
+        """A command routed by the table's version ``routed`` was redirected (``moved``:
+        ``"<slot> <host:port>"``) or its node could not be reached: the table is stale,
+        unless it was read again since (after another caller's failure); the command is
+        then sent again by that one, so that callers that failed at once share one read."""
+        if self.version != routed:
+            return
+        if moved:
+            slot, _, where = moved.partition(" ")
+            self._slots[int(slot)] = Address.parse(where)
+        self._stale = True  # the rest of the table may have moved too
+
     def call(self, key: str | None, args: Args) -> Route[Any]:
         ask: Address | None = None
         last: Exception = ConnectFailed("no attempt")
         for attempt in range(CLUSTER_ATTEMPTS):
+            more = attempt < CLUSTER_ATTEMPTS - 1  # no pause after the last attempt
+            routed = self.version  # the table this attempt is routed by
             try:
                 if ask is not None:
                     return (yield Send(ask, args, asking=True))
                 yield from self.ready()
+                routed = self.version
                 return (yield Send(self._owner(key), args))
             except ServerError as exc:
                 kind, _, rest = str(exc).partition(" ")
                 ask = None
                 if kind == "MOVED":
-                    slot, _, where = rest.partition(" ")
-                    self._slots[int(slot)] = Address.parse(where)
-                    self._stale = True  # the rest of the table may have moved too
+                    self._outdated(routed, moved=rest)
                 elif kind == "ASK":
                     ask = Address.parse(rest.partition(" ")[2])
                 elif kind in ("TRYAGAIN", "CLUSTERDOWN"):
-                    self._stale = kind == "CLUSTERDOWN"
-                    yield Pause(backoff(attempt))
+                    if kind == "CLUSTERDOWN":  # (a TRYAGAIN leaves the table as it was)
+                        self._stale = True
+                    if more:
+                        yield Pause(backoff(attempt))
                 else:
                     raise
                 last = exc
             except ConnectFailed as exc:  # never sent: safe to send again
-                last, ask, self._stale = exc, None, True
-                yield Pause(backoff(attempt))
+                last, ask = exc, None
+                self._outdated(routed)
+                if more:
+                    yield Pause(backoff(attempt))
             except ConnectionLost:
                 self._stale = True  # a node failed; its replica may be the primary soon
                 raise

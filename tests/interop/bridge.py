@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from tests.servers import ServerUnavailable
+from chat_state.testing import ServerUnavailable
 
 __all__ = ["ADAPTERS", "HERE", "NodeUnavailable", "TSBridge", "TSError"]
 

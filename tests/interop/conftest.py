@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from chat_state import AsyncState, State
+from chat_state.testing import ServerUnavailable
 from tests.conftest import AsAsync, _unavailable
-from tests.servers import ServerUnavailable
 
 from .bridge import ADAPTERS, TSBridge
 

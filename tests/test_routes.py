@@ -332,19 +332,40 @@ def test_sentinel_primary_that_cannot_be_used_is_asked_for_again(failure: Except
 
 
 def test_sentinel_primary_that_became_a_replica_is_asked_for_again() -> None:
+    """READONLY: the demoted primary refused the write before writing anything, so the
+    command goes to the primary the Sentinels name now."""
     routes = sentinel_routes()
     readonly = error("READONLY You can't write against a read only replica.")
-    driver = Driver(routes, [(S1, WHERE, named(P)), (P, SET, readonly)])
-    with pytest.raises(ServerError) as caught:
-        driver.run(routes.call("k", SET))
-    assert caught.value is readonly
-    assert driver.steps == [ask(S1), Send(P, SET)]  # sent once, not retried
-    assert routes.primary is None  # forgotten: the next command asks again
-    driver.expect((S1, WHERE, named(P2)), (P2, SET, "OK"))
+    script = [(S1, WHERE, named(P)), (P, SET, readonly), (S1, WHERE, named(P2)), (P2, SET, "OK")]
+    driver = Driver(routes, script)
     assert driver.run(routes.call("k", SET)) == "OK"
-    assert driver.steps[2:] == [ask(S1), Send(P2, SET)]
+    assert driver.steps == [
+        ask(S1),
+        Send(P, SET),
+        Pause(connect_delays()[1]),
+        ask(S1),
+        Send(P2, SET),
+    ]
     assert routes.primaries() == [P2]
     assert routes.version == 2
+    driver.done()
+
+
+def test_sentinel_readonly_everywhere_is_raised_after_the_bounded_attempts() -> None:
+    routes = sentinel_routes()
+    refusals = [
+        error(f"READONLY You can't write against a read only replica. {n}")
+        for n in range(CONNECT_ATTEMPTS)
+    ]
+    script: list[Expected] = []
+    for refusal in refusals:
+        script += [(S1, WHERE, named(P)), (P, SET, refusal)]
+    driver = Driver(routes, script)
+    with pytest.raises(ServerError) as caught:
+        driver.run(routes.call("k", SET))
+    assert str(caught.value) == str(refusals[-1])
+    assert len(driver.sends(SET)) == CONNECT_ATTEMPTS
+    assert routes.primary is None  # forgotten: the next command asks again
     driver.done()
 
 

@@ -11,7 +11,8 @@ failure (:class:`~chat_state.connections.failures.ServerError`,
 them with scripted replies.
 
 * :class:`SentinelRoutes` asks the Sentinels for the primary, sends there, and asks
-  again when the primary could not be reached or has become a replica.
+  again (and sends again) when the primary could not be reached or has become a
+  replica, which refuses a write (READONLY) before anything is written.
 * :class:`ClusterRoutes` keeps the slot table (``CLUSTER SLOTS``, read once for every
   caller that finds it stale), sends each command to the primary of its key's slot,
   follows ``MOVED`` and ``ASK``, waits out ``TRYAGAIN`` and ``CLUSTERDOWN``, and
@@ -119,7 +120,7 @@ class SentinelRoutes:
             self.version += 1
 
     def call(self, key: str | None, args: Args) -> Route[Any]:
-        last = ""
+        last: Exception = ConnectFailed("no attempt")
         for delay in connect_delays():
             if delay:
                 yield Pause(delay)
@@ -128,12 +129,14 @@ class SentinelRoutes:
                 assert self.primary is not None
                 return (yield Send(self.primary, args))
             except ConnectFailed as exc:  # never sent; the primary may have moved
-                self.primary, last = None, str(exc)
+                self.primary, last = None, exc
             except ServerError as exc:
-                if str(exc).startswith("READONLY"):  # a primary that became a replica
-                    self.primary = None
-                raise
-        raise ConnectFailed(last)
+                if not str(exc).startswith("READONLY"):
+                    raise
+                # A primary that became a replica refused the command before it wrote
+                # anything (a script fails at its first write): ask again, send again.
+                self.primary, last = None, exc
+        raise last
 
     def primaries(self) -> list[Address]:
         return [] if self.primary is None else [self.primary]

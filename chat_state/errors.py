@@ -47,6 +47,9 @@ class SerializationError(ChatStateError, ValueError):
 class BackendError(ChatStateError):
     """The server or the connection to it failed.
 
-    The client library's exception is chained as ``__cause__``. The message never
-    contains a password.
+    With chat-state's own connections (the default) the message is the server's error
+    reply (``WRONGTYPE ...``) or what happened to the connection (``no reply within
+    2 s``); with a client library's client (``own_connections=false``, ``client=``,
+    coredis) it names the library's exception, which is chained as ``__cause__``. The
+    message never contains a password.
     """

@@ -24,7 +24,7 @@ import anyio.to_thread
 
 from .backend.interface import Args, AsyncBackend, Backend, BackendFactory, NoScriptError
 from .backend.loops import LoopEnd, abandon, after_fork, current_loop, loop_running, on_asyncio
-from .backend.registry import factory_for_client, factory_for_url
+from .backend.registry import factory_for_client, factory_for_url, with_interface
 from .backend.urls import redact_url
 from .core import operations as ops
 from .core.layout import DEFAULT_PREFIX, Layout, QueueFormat
@@ -33,7 +33,6 @@ from .models import Lock, LockLike, QueueEntry, QueueEntryLike
 
 __all__ = ["AsyncState", "State"]
 
-T = TypeVar("T")
 B = TypeVar("B", Backend, AsyncBackend)
 S = TypeVar("S", bound="_Facade[Any]")
 E = TypeVar("E", threading.Event, anyio.Event)
@@ -187,11 +186,11 @@ class State(_Facade[Backend]):
 
     @staticmethod
     def _adopt(factory: BackendFactory, client: object) -> Backend | None:
-        return factory.adopt_sync(client)
+        return with_interface(factory, factory.adopt_sync(client))
 
     @staticmethod
     def _open(factory: BackendFactory, url: str) -> Backend:
-        return factory.open_sync(url)
+        return with_interface(factory, factory.open_sync(url))
 
     _attempt: _Attempt[threading.Event] | None = None
 
@@ -396,11 +395,11 @@ class AsyncState(_Facade[AsyncBackend]):
 
     @staticmethod
     def _adopt(factory: BackendFactory, client: object) -> AsyncBackend | None:
-        return factory.adopt_async(client)
+        return with_interface(factory, factory.adopt_async(client))
 
     @staticmethod
     def _open(factory: BackendFactory, url: str) -> AsyncBackend:
-        return factory.open_async(url)
+        return with_interface(factory, factory.open_async(url))
 
     _attempt: _Attempt[anyio.Event] | None = None
     _loop: object = None  # the event loop that connected it (asyncio's loop, trio's token)

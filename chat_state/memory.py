@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .backend.interface import Arg, Args, AsyncBackend, Backend, NoScriptError
+from .core.commands import script_call, set_options
 from .core.scripts import SCRIPTS, Script, sha1_of
 from .errors import BackendError, ConfigurationError
 
@@ -298,22 +299,17 @@ class AsyncMemoryBackend:
 
 def _set(store: MemoryStore, args: Args) -> str | None:
     """SET key value [PX ms] [NX]."""
-    px, nx, options = None, False, list(args[3:])
-    while options:
-        word = str(options.pop(0)).upper()
-        if word == "PX":
-            px = int(options.pop(0))
-        elif word == "NX":
-            nx = True
-        else:
-            raise BackendError("ERR syntax error")
+    try:
+        px, nx = set_options(args)
+    except ValueError as exc:
+        raise BackendError(str(exc)) from None
     return "OK" if store.set(str(args[1]), str(args[2]), px, nx) else None
 
 
 def _script(store: MemoryStore, sha: str, args: Args) -> Any:
     """EVALSHA / EVAL sha-or-source numkeys key... arg..."""
-    count = int(args[2])
-    return store.run_script(sha, [str(k) for k in args[3 : 3 + count]], args[3 + count :])
+    _, keys, argv = script_call(args)
+    return store.run_script(sha, keys, argv)
 
 
 _COMMANDS: dict[str, Callable[[MemoryStore, Args], Any]] = {

@@ -17,7 +17,7 @@ import valkey.asyncio
 from coredis.connection import TCPLocation
 from coredis.typing import Node
 
-from chat_state import AsyncState, ConfigurationError, State
+from chat_state import AsyncState, BackendError, ConfigurationError, State
 from chat_state.backend import parse_redis_url
 
 pytestmark = pytest.mark.anyio
@@ -174,3 +174,17 @@ def test_the_portal_closes_at_exit_without_resource_warnings(redis_url: str) -> 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "used, not disconnected"
     assert "Warning" not in done.stderr, done.stderr
+
+
+@pytest.mark.anyio
+async def test_a_command_it_cannot_send_exactly_is_refused(redis_url: str) -> None:
+    """coredis calls a typed method per command: a SET option or a command it has no
+    way to send is refused as a server would refuse it, before anything is sent."""
+    async with AsyncState.from_url(redis_url, driver="coredis") as state:
+        backend = state._backend
+        assert backend is not None
+        with pytest.raises(BackendError, match="ERR syntax error"):
+            await backend.call("k", ("SET", "k", "v", "XX"))
+        with pytest.raises(BackendError, match="ERR unknown command 'HSET'"):
+            await backend.call("k", ("HSET", "k", "f", "v"))
+        assert await backend.call("k", ("GET", "k")) is None  # nothing was written

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
+import sys
 import threading
+import uuid
 from importlib.metadata import EntryPoint
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -201,6 +204,47 @@ def test_entry_point_plugins(
     assert "the scheme 'redis'://" in caplog.text or "'redis'" in caplog.text
     with pytest.raises(ConfigurationError, match="acme://"):
         State.from_url("other://x")
+
+
+class OldBackend:
+    """A backend written for chat-state < 0.2: a method per command, no call()."""
+
+    def ping(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class OldPluginFactory(PluginFactory):
+    def open_sync(self, url: str) -> Any:
+        return OldBackend()
+
+
+OLD_PLUGIN = OldPluginFactory()
+
+
+def test_a_plugin_backend_of_the_old_interface_is_refused_clearly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    points = [EntryPoint("old", f"{__name__}:OLD_PLUGIN", registry_module.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: points)
+    state = State.from_url("old://x")
+    with pytest.raises(ConfigurationError, match=r"OldBackend .* has no call\(key, args\)"):
+        state.connect()
+    assert not state.is_connected
+
+
+def test_chat_state_protocols_still_imports_with_a_deprecation_warning() -> None:
+    sys.modules.pop("chat_state.protocols", None)
+    with pytest.warns(DeprecationWarning, match="chat_state.backend"):
+        protocols = importlib.import_module("chat_state.protocols")
+    from chat_state.backend import BackendFactory, NoScriptError  # noqa: PLC0415
+
+    assert protocols.BackendFactory is BackendFactory
+    assert protocols.NoScriptError is NoScriptError
+    with pytest.raises(AttributeError, match=r"removed in 0\.2: a backend now implements call"):
+        _ = protocols.RedisLike
 
 
 def test_url_from_the_environment(
@@ -408,6 +452,57 @@ def test_disconnect_closes_only_what_it_created_sync(redis_url: str) -> None:
     assert _client_count(redis_url) == before + 1
     state.disconnect()
     assert _client_count(redis_url) == before
+
+
+class _RecordingRedis(redis.Redis):
+    """A real redis-py client that records the ``keys=`` each command is sent with."""
+
+    seen: list[tuple[str, Any]]
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.seen.append((str(args[0]), options.get("keys")))
+        return super().execute_command(*args, **options)
+
+
+def test_an_adopted_client_gets_each_commands_keys_as_from_its_own_methods(
+    redis_url: str,
+) -> None:
+    """redis-py's client-side cache (RESP3, Redis 7.4+, so not testable on this
+    machine's servers) finds a command's keys in ``keys=``, which its own methods
+    pass: chat-state passes the same, for every command that has a key."""
+    mine = cast(_RecordingRedis, _RecordingRedis.from_url(redis_url, decode_responses=True))
+    mine.seen = []
+    prefix = f"keys-{uuid.uuid4().hex[:8]}"
+    try:
+        with State(client=mine, key_prefix=prefix) as state:
+            state.set("k", {"v": 1})
+            assert state.get("k") == {"v": 1}
+            state.subscribe("t")
+            assert state.is_subscribed("t") is True
+            assert state.get_list("l") == []
+            assert state.queue_depth("q") == 0
+            ours = [entry for entry in mine.seen if entry[0] != "PING"]
+            mine.seen = []
+            mine.set(f"{prefix}:cache:k", '{"v":1}')
+            mine.get(f"{prefix}:cache:k")
+            mine.sadd(f"{prefix}:subscriptions", "t")
+            mine.sismember(f"{prefix}:subscriptions", "t")
+            mine.lrange(f"{prefix}:list:l", 0, -1)
+            mine.llen(f"{prefix}:queue:q")
+            library = mine.seen
+    finally:
+        mine.close()
+    assert [command for command, _ in ours] == ["SET", "GET", "SADD", "SISMEMBER", "LRANGE", "LLEN"]
+    reads = {"GET", "SISMEMBER", "LRANGE", "LLEN"}
+    assert [e for e in ours if e[0] in reads] == [e for e in library if e[0] in reads]
+    assert all(
+        keys == [f"{prefix}:{part}"]
+        for (_, keys), part in zip(
+            ours,
+            ["cache:k", "cache:k", "subscriptions", "subscriptions", "list:l", "queue:q"],
+            strict=True,
+        )
+    )
 
 
 @pytest.mark.anyio

@@ -132,3 +132,42 @@ def test_first_party_backends_use_only_public_names(distribution: str) -> None:
     assert not private, private
     allowed = ("chat_state.backend", "chat_state.errors", "chat_state.models")
     assert all(name == "chat_state" or name.startswith(allowed) for name in used), used
+
+
+def _layer(module: str) -> str:
+    """The layer of a chat_state module, as ARCHITECTURE.md draws them."""
+    if module == "chat_state.backend.redis_family":
+        return "adaptors"  # redis-py-shaped libraries, on chat-state's own connections
+    for layer in ("core", "backend", "connections", "testing"):
+        if module.startswith(f"chat_state.{layer}"):
+            return layer
+    return "top"  # the facades, memory, the CLI; chat_state.errors and .models are below all
+
+
+#: What each layer may import of chat-state (errors and models are everyone's).
+ALLOWED = {
+    "core": {"core"},
+    "backend": {"core", "backend"},
+    "connections": {"core", "backend", "connections"},
+    "adaptors": {"core", "backend", "connections"},
+}
+
+
+def test_each_layer_imports_only_the_layers_below() -> None:
+    modules = [
+        ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for folder in ("core", "backend", "connections")
+        for path in (PACKAGE / folder).glob("*.py")
+        if path.name != "__init__.py"
+    ]
+    assert "chat_state.backend.redis_family" in modules
+    for module in modules:
+        layer = _layer(module)
+        for name in _imports(module):
+            if not name.startswith("chat_state.") or name in (
+                "chat_state.errors",
+                "chat_state.models",
+            ):
+                continue
+            target = _layer(name)
+            assert target in ALLOWED[layer], f"{module} ({layer}) imports {name} ({target})"

@@ -4,12 +4,14 @@ with scripted replies (no server)."""
 from __future__ import annotations
 
 import enum
+import threading
 from typing import Any
 
 import pytest
 
 from chat_state import AsyncState, ConfigurationError, Lock, QueueEntry, SerializationError
 from chat_state.core import operations as ops
+from chat_state.core.commands import script_call, set_options
 from chat_state.core.layout import Layout
 from chat_state.core.scripts import EXTEND, PUSH, RELEASE
 
@@ -204,3 +206,56 @@ def test_enum_members_are_sent_as_their_plain_values() -> None:
     assert type(args[1]) is str
     assert args[4] == 5
     assert type(args[4]) is int
+
+
+def test_a_value_that_contains_itself_is_refused_as_such() -> None:
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    with pytest.raises(SerializationError, match="Circular reference detected"):
+        ops.set(KEYS, "k", {"a": cyclic})
+
+    class Itself:
+        def to_json(self) -> Any:
+            return self
+
+    with pytest.raises(SerializationError, match="cannot be stored as JSON"):
+        ops.set(KEYS, "k", Itself())
+    deep: Any = "x"
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(SerializationError, match="recursion"):
+        ops.set(KEYS, "k", deep)
+
+
+def test_threads_encoding_one_shared_value_never_see_each_other() -> None:
+    """The encoder keeps no state between values: threads that encode the same dict at
+    once all get its text (a shared memo of "containers being encoded" would report a
+    false cycle)."""
+    shared = {"a": [{"b": i} for i in range(200)], "c": {"d": [1, 2, 3]}}
+    expected = ops.set(KEYS, "k", shared)[1]
+    failures: list[BaseException] = []
+
+    def encode_many() -> None:
+        try:
+            for _ in range(300):
+                assert ops.set(KEYS, "k", shared)[1] == expected
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=encode_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert failures == []
+
+
+def test_the_command_readers_that_backends_share() -> None:
+    assert set_options(("SET", "k", "v")) == (None, False)
+    assert set_options(("SET", "k", "v", "PX", 60_000, "NX")) == (60_000, True)
+    assert set_options(("SET", "k", "v", "nx", "px", "5")) == (5, True)
+    for refused in [("SET", "k", "v", "XX"), ("SET", "k", "v", "PX"), ("SET", "k", "v", "EX", 1)]:
+        with pytest.raises(ValueError, match="ERR syntax error"):
+            set_options(refused)
+    assert script_call(("EVALSHA", "abc", 1, "key", "a", 2)) == ("abc", ["key"], ["a", 2])
+    assert script_call(("EVAL", "return 1", 0)) == ("return 1", [], [])

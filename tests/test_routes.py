@@ -38,6 +38,9 @@ and must share one ``CLUSTER SLOTS``, counted in ``INFO commandstats``.
 from __future__ import annotations
 
 import asyncio
+import os
+import select
+import signal
 import threading
 import uuid
 from collections import deque
@@ -79,6 +82,8 @@ from chat_state.connections.routes import (
     SentinelRoutes,
 )
 from chat_state.testing import ClusterNodeView
+
+from .test_loops import forked, report_of
 
 T = TypeVar("T")
 
@@ -1284,3 +1289,38 @@ def test_threads_that_find_the_table_stale_share_one_reload(servers: Any) -> Non
         finally:
             for key in everyone:
                 state.delete(key)
+
+
+def test_a_child_forked_while_a_thread_reloads_the_table_reloads_its_own(servers: Any) -> None:
+    """A thread of the parent holds the slot-table reload lock (mid-CLUSTER SLOTS) when
+    another forks: the child's copy of the lock stays held forever, so the child takes a
+    new one and reads the table itself."""
+    url = servers.url("redis-server", "cluster")
+    tag = f"sf-fork-{uuid.uuid4().hex[:8]}"
+    with State.from_url(url, key_prefix=f"{{{tag}}}") as state:
+        state.set("k", {"v": 1})
+        router = state._backend._node  # type: ignore[union-attr]  # the routed transport
+        with closing(rounds(url, tag)) as moves:
+            next(moves)  # the slot moved: the child's first command meets MOVED
+            held, release = threading.Event(), threading.Event()
+
+            def hold() -> None:
+                with router._refresh_lock:
+                    held.set()
+                    release.wait(WAIT_S)
+
+            holder = threading.Thread(target=hold, daemon=True)
+            holder.start()
+            assert held.wait(WAIT_S)
+            try:
+                pid, pipe = forked(lambda: {"value": state.get("k")})
+                ready, _, _ = select.select([pipe], [], [], WAIT_S)
+                if not ready:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    pytest.fail(f"the forked child hung for {WAIT_S} s on the reload lock")
+                assert report_of(pid, pipe) == {"value": {"v": 1}}
+            finally:
+                release.set()
+                holder.join(WAIT_S)
+        state.delete("k")

@@ -11,10 +11,11 @@ command with no key, such as ``PING``). The commands are those the operations of
 A backend returns replies normalised as the operations read them: text as
 ``str`` (bytes that are not UTF-8 as U+FFFD), integers as ``int``, nil as ``None``,
 arrays as lists; a boolean reply may stand for ``1``/``0`` or for ``OK``. It raises
-:class:`~chat_state.errors.BackendError` when the server or the connection fails
-(the client library's exception chained, secrets scrubbed), and
-:class:`NoScriptError`, a BackendError, for an ``EVALSHA`` whose script the server
-does not know: the facades then send the ``EVAL`` once.
+:class:`~chat_state.errors.BackendError` when the server or the connection fails (a
+client library's exception chained, secrets scrubbed: see
+:func:`~chat_state.backend.backend_error`), and :class:`NoScriptError`, a
+BackendError, for an ``EVALSHA`` whose script the server does not know: the facades
+then send the ``EVAL`` once.
 
 The sync and async protocols close with different method names (``close`` /
 ``aclose``), so no class satisfies both by accident.
@@ -25,13 +26,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
+from chat_state.core.commands import Arg, Args
 from chat_state.errors import BackendError
 
 __all__ = ["Arg", "Args", "AsyncBackend", "Backend", "BackendFactory", "NoScriptError"]
-
-Arg = str | int
-#: One command: its name, then its arguments.
-Args = tuple[Arg, ...]
 
 
 class NoScriptError(BackendError):

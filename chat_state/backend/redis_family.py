@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 from chat_state import connections
 from chat_state.errors import BackendError, ConfigurationError
@@ -22,20 +22,16 @@ from chat_state.errors import BackendError, ConfigurationError
 from .errors import backend_error, configuration_error
 from .interface import Args, AsyncBackend, Backend, NoScriptError
 from .loops import on_asyncio
-from .replies import anext_or_none, glob_escape, normalised, text
+from .policy import BACKOFF_BASE_S, BACKOFF_CAP_S, RETRIES, SCAN_COUNT
+from .replies import anext_or_none, normalised, scan_pattern, text
 from .urls import RedisURL, parse_redis_url
 
 __all__ = ["RedisFamily"]
 
-T = TypeVar("T")
 
 #: Retries of a command whose connection failed, with a short bounded backoff, so an
 #: operation during a failover fails fast (BackendError) instead of hanging. Timeouts
 #: are not retried: the server may have run the command.
-RETRIES = 3
-BACKOFF_CAP_S = 0.25
-BACKOFF_BASE_S = 0.025
-SCAN_COUNT = 1000
 
 
 class _Base:
@@ -67,7 +63,7 @@ class _Base:
         return self._family.backend_error(exc, self._secrets)
 
     def _pattern(self, prefix: str) -> dict[str, Any]:
-        return {"match": glob_escape(prefix) + "*", **self._scan_kwargs}
+        return {"match": scan_pattern(prefix), **self._scan_kwargs}
 
 
 class SyncRedisBackend(_Base):
@@ -75,7 +71,10 @@ class SyncRedisBackend(_Base):
 
     def call(self, key: str | None, args: Args) -> Any:
         try:
-            return normalised(self._client.execute_command(*args))
+            if key is None:
+                return normalised(self._client.execute_command(*args))
+            # keys=: what the library's own methods pass (client-side caching uses it)
+            return normalised(self._client.execute_command(*args, keys=[key]))
         except self._family.errors as exc:
             raise self._error(exc) from exc
 
@@ -105,7 +104,9 @@ class AsyncRedisBackend(_Base):
         if args[0] == "PING":  # what connect() sends first
             self._family.require_asyncio()
         try:
-            return normalised(await self._client.execute_command(*args))
+            if key is None:
+                return normalised(await self._client.execute_command(*args))
+            return normalised(await self._client.execute_command(*args, keys=[key]))
         except self._family.errors as exc:
             raise self._error(exc) from exc
 

@@ -25,7 +25,13 @@ from chat_state.errors import ConfigurationError
 from .interface import BackendFactory
 from .urls import SCHEMES, redact_url, shown_scheme
 
-__all__ = ["ENTRY_POINT_GROUP", "factory_for_client", "factory_for_url", "redact_url"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "factory_for_client",
+    "factory_for_url",
+    "redact_url",
+    "with_interface",
+]
 
 ENTRY_POINT_GROUP = "chat_state.backends"
 
@@ -232,3 +238,16 @@ def factory_for_client(client: object, adopt: Callable[[BackendFactory, object],
         f"chat-state does not know a client of type {type(client).__module__}."
         f"{type(client).__qualname__}; pass a redis-py client or a MemoryStore, or a URL"
     )
+
+
+def with_interface(factory: BackendFactory, backend: B) -> B:
+    """``backend`` if it has the interface of :mod:`chat_state.backend.interface`, else
+    a :class:`ConfigurationError` naming the factory (one written for chat-state < 0.2
+    has a method per command instead)."""
+    if backend is not None and not callable(getattr(backend, "call", None)):
+        raise ConfigurationError(
+            f"the backend {type(backend).__qualname__} of {factory!r} has no call(key, "
+            "args): it was written for chat-state < 0.2, whose backends had a method per "
+            "command; see chat_state.backend.Backend and AsyncBackend"
+        )
+    return backend

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-__all__ = ["anext_or_none", "glob_escape", "normalised", "text"]
+__all__ = ["anext_or_none", "glob_escape", "normalised", "scan_pattern", "text"]
 
 T = TypeVar("T")
 
@@ -28,6 +28,11 @@ def normalised(reply: Any) -> Any:
 def glob_escape(literal: str) -> str:
     """``literal`` as a literal in a SCAN MATCH pattern."""
     return "".join("\\" + char if char in "*?[]\\" else char for char in literal)
+
+
+def scan_pattern(prefix: str) -> str:
+    """The SCAN MATCH pattern of every key that starts with ``prefix``."""
+    return glob_escape(prefix) + "*"
 
 
 async def anext_or_none(iterator: AsyncIterator[T]) -> T | None:

@@ -34,8 +34,8 @@ from typing import Any, TypeVar
 
 import hiredis
 
-from chat_state.backend.interface import Args
-from chat_state.backend.replies import glob_escape
+from chat_state.backend.replies import scan_pattern
+from chat_state.core.commands import Args
 
 from .address import Address
 from .config import ClientOnDemand, Plan, Settings
@@ -227,6 +227,7 @@ class BlockingRouted:
             routes, lambda address, sentinel: BlockingNode(address, chosen[sentinel], attempts=1)
         )
         self._refresh_lock = threading.Lock()  # one CLUSTER SLOTS read at a time
+        self._pid = os.getpid()
 
     def _send(self, send: Send) -> Any:
         node = self._nodes.get(send.address, send.sentinel)
@@ -235,6 +236,8 @@ class BlockingRouted:
     def _refresh(self, seen: int) -> None:
         """Read the slot table again, once for every thread that found it stale."""
         assert isinstance(self._routes, ClusterRoutes)
+        if self._pid != os.getpid():  # a forked child: the lock may be held by a thread
+            self._refresh_lock, self._pid = threading.Lock(), os.getpid()  # it lacks
         with self._refresh_lock:
             if self._routes.version == seen:  # not read since
                 self._follow(self._routes.load())
@@ -295,7 +298,7 @@ class BlockingBackend:
         return self._library.client
 
     def scan(self, prefix: str) -> Iterator[str]:
-        return self._node.scan(glob_escape(prefix) + "*")
+        return self._node.scan(scan_pattern(prefix))
 
     def close(self) -> None:
         self._node.close()

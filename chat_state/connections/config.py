@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from chat_state.backend.errors import configuration_error
-from chat_state.backend.interface import Args
 from chat_state.backend.urls import RedisURL
+from chat_state.core.commands import Args
 
 from .address import Address
 from .failures import ConnectionLost, ServerError

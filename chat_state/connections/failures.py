@@ -10,11 +10,10 @@ that could not be sent (:class:`ConnectFailed`) may be.
 from __future__ import annotations
 
 from chat_state.backend.interface import NoScriptError
+from chat_state.backend.policy import RETRIES, backoff
 from chat_state.errors import BackendError
 
 __all__ = [
-    "BACKOFF_BASE_S",
-    "BACKOFF_CAP_S",
     "CONNECT_ATTEMPTS",
     "ConnectFailed",
     "ConnectionLost",
@@ -26,11 +25,9 @@ __all__ = [
     "reply_error",
 ]
 
-#: Attempts to open a connection before a command fails, and the backoff between them
-#: (the same bounds as the pooled clients' retry policy).
-CONNECT_ATTEMPTS = 4
-BACKOFF_BASE_S = 0.025
-BACKOFF_CAP_S = 0.25
+#: Attempts to open a connection before a command fails (the kit's policy, which the
+#: pooled clients' retries follow too).
+CONNECT_ATTEMPTS = RETRIES + 1
 
 
 class ConnectionLost(BackendError):
@@ -55,11 +52,6 @@ def reply_error(reply: ServerError) -> BackendError:
 def raise_reply(reply: ServerError) -> None:
     """Raise an error reply (see :func:`reply_error`)."""
     raise reply_error(reply)
-
-
-def backoff(attempt: int) -> float:
-    """Seconds to wait before retry number ``attempt`` (0-based): exponential, capped."""
-    return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
 
 
 def connect_delays() -> list[float]:

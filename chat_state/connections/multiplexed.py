@@ -38,8 +38,8 @@ from typing import Any, TypeVar, cast
 import anyio
 import hiredis
 
-from chat_state.backend.interface import Args
-from chat_state.backend.replies import glob_escape
+from chat_state.backend.replies import scan_pattern
+from chat_state.core.commands import Args
 
 from .address import Address
 from .config import ClientOnDemand, Plan, Settings
@@ -386,13 +386,14 @@ class Routed:
         assert isinstance(self._routes, ClusterRoutes)
         if self._routes.version != seen:
             return  # read since
-        if self._refreshing is None:
+        if self._refreshing is None or self._refreshing.done():  # (done: not yet cleared)
             self._refreshing = asyncio.ensure_future(self._follow(self._routes.load()))
             self._refreshing.add_done_callback(self._refreshed)
         await asyncio.shield(self._refreshing)
 
     def _refreshed(self, future: asyncio.Future[None]) -> None:
-        self._refreshing = None
+        if self._refreshing is future:
+            self._refreshing = None
         _retrieve(future)
 
     async def _follow(self, route: Route[T]) -> T:
@@ -452,7 +453,7 @@ class MultiplexedBackend:
         return self._library.client
 
     def scan(self, prefix: str) -> AsyncIterator[str]:
-        return self._router.scan(glob_escape(prefix) + "*")
+        return self._router.scan(scan_pattern(prefix))
 
     async def aclose(self) -> None:
         await self._router.aclose()

@@ -15,7 +15,7 @@ N = TypeVar("N")
 
 
 class NodeTable(Generic[N]):
-    """The nodes that routes send to, for either driver: one per (server, whether it is
+    """The nodes that routes send to, for either transport: one per (server, whether it is
     a Sentinel), made by ``make`` on first use; those the routes no longer use are
     handed back, to be closed."""
 

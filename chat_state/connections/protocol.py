@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import hiredis
 
-from chat_state.backend.interface import Args
+from chat_state.backend.policy import SCAN_COUNT
+from chat_state.core.commands import Args
 
 from .failures import ServerError
 
 __all__ = ["SCAN_COUNT", "new_reader", "pack"]
-
-#: Keys a SCAN step asks for.
-SCAN_COUNT = 1000
 
 
 def pack(args: Args) -> bytes:

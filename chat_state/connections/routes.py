@@ -28,7 +28,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from chat_state.backend.interface import Args
+from chat_state.core.commands import Args
 
 from .address import Address
 from .failures import (

@@ -73,24 +73,21 @@ def _to_json_hook(value: object) -> Any:
 
 def _one_shot_encoder() -> Callable[[object], str]:
     """``JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-    default=_to_json_hook).encode``, made once: the C encoder itself where there is one
-    (``JSONEncoder.encode`` builds a new one for every value). It keeps no memo of the
-    containers it is in, so that threads may share it: a value that contains itself
-    nests without end and fails as too deep (RecursionError), as any value too deep."""
-    encoder = json.JSONEncoder(
-        ensure_ascii=False,
-        allow_nan=False,
-        separators=(",", ":"),
-        default=_to_json_hook,
-        check_circular=False,
-    )
+    default=_to_json_hook).encode``, without its Python layers: the C encoder itself
+    where there is one, made for each value with a fresh memo of the containers it is
+    in (so that a value that contains itself is reported as such, and threads share
+    nothing)."""
     c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
     if c_make_encoder is None:  # an interpreter without the C accelerator
-        return encoder.encode
-    encode_chunks = c_make_encoder(
-        None, _to_json_hook, encode_basestring, None, ":", ",", False, False, False
-    )
-    return lambda value: "".join(encode_chunks(value, 0))
+        return json.JSONEncoder(
+            ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_to_json_hook
+        ).encode
+    options = (_to_json_hook, encode_basestring, None, ":", ",", False, False, False)
+
+    def encode(value: object) -> str:
+        return "".join(c_make_encoder({}, *options)(value, 0))
+
+    return encode
 
 
 _encode = _one_shot_encoder()
@@ -131,12 +128,8 @@ def encode(value: object) -> str:
     try:
         text = _encode(value)
         _refuse_other_keys(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(f"value cannot be stored as JSON: {exc}") from None
-    except RecursionError:
-        raise SerializationError(
-            "value cannot be stored as JSON: it nests too deeply, or contains itself"
-        ) from None
     if "e-0" in text and _PADDED_EXPONENT.search(text):
         text = _STRING_OR_SMALL_FLOAT.sub(_javascript_float, text)
     if not text.isascii() and _SURROGATE.search(text):

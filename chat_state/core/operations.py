@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from chat_state.backend.interface import Args
 from chat_state.models import Lock, QueueEntry
 
 from . import codec
+from .commands import Args
 from .layout import Layout
 from .scripts import EXTEND, PUSH, RELEASE, Script
 from .validate import (

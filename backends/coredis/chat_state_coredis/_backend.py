@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import coredis
@@ -15,6 +15,10 @@ from coredis.tokens import PureToken
 from coredis.typing import Node
 
 from chat_state.backend import (
+    BACKOFF_BASE_S,
+    BACKOFF_CAP_S,
+    RETRIES,
+    SCAN_COUNT,
     Args,
     AsyncBackend,
     Backend,
@@ -24,23 +28,20 @@ from chat_state.backend import (
     anext_or_none,
     backend_error,
     configuration_error,
-    glob_escape,
     normalised,
     parse_redis_url,
+    scan_pattern,
+    script_call,
+    set_options,
     spawn_detached,
     text,
 )
-from chat_state.errors import ConfigurationError
+from chat_state.errors import BackendError, ConfigurationError
 
 __all__ = ["BACKEND", "AsyncCoredisBackend", "CoredisFactory"]
 
-T = TypeVar("T")
 
 #: As for redis-py: retry a failed connection a few times, briefly; never a timeout.
-RETRIES = 3
-BACKOFF_BASE_S = 0.025
-BACKOFF_MAX_S = 0.25
-SCAN_COUNT = 1000
 
 #: redis-py's option names (in :class:`RedisURL`) → coredis's.
 _RENAMED = {"socket_timeout": "stream_timeout", "socket_connect_timeout": "connect_timeout"}
@@ -55,15 +56,17 @@ def _retry_policy() -> ExponentialBackoffRetryPolicy:
         (coredis.exceptions.ConnectionError,),
         RETRIES,
         base_delay=BACKOFF_BASE_S,
-        max_delay=BACKOFF_MAX_S,
+        max_delay=BACKOFF_CAP_S,
     )
 
 
 async def _set(client: Any, args: Args) -> str | None:
     """SET key value [PX ms] [NX]: OK when written (coredis says True / False)."""
-    options = args[3:]
-    px = int(options[options.index("PX") + 1]) if "PX" in options else None
-    condition = PureToken.NX if "NX" in options else None
+    try:
+        px, nx = set_options(args)
+    except ValueError as exc:
+        raise BackendError(str(exc)) from None
+    condition = PureToken.NX if nx else None
     written = await client.set(args[1], args[2], px=px, condition=condition)
     return "OK" if written else None
 
@@ -72,8 +75,8 @@ def _script(run: Callable[[Any], Callable[..., Awaitable[Any]]]) -> Callable[...
     """EVALSHA / EVAL sha-or-source numkeys key... arg..., as coredis takes them."""
 
     def call(client: Any, args: Args) -> Awaitable[Any]:
-        count = int(args[2])
-        return run(client)(args[1], list(args[3 : 3 + count]), list(args[3 + count :]))
+        script, keys, argv = script_call(args)
+        return run(client)(script, keys, argv)
 
     return call
 
@@ -132,7 +135,7 @@ class _Owner:
 
 
 class AsyncCoredisBackend:
-    """:class:`~chat_state.protocols.AsyncBackend` over a coredis client.
+    """:class:`~chat_state.backend.AsyncBackend` over a coredis client.
 
     Args:
         client: A ``coredis.Redis`` or ``coredis.RedisCluster``.
@@ -177,7 +180,10 @@ class AsyncCoredisBackend:
 
     async def _run(self, args: Args) -> Any:
         try:
-            return normalised(await _COMMANDS[str(args[0])](self._client, args))
+            command = _COMMANDS.get(str(args[0]))
+            if command is None:  # as a server answers one it does not know
+                raise BackendError(f"ERR unknown command '{args[0]}'")
+            return normalised(await command(self._client, args))
         except coredis.exceptions.NoScriptError as exc:
             raise NoScriptError(str(exc)) from exc
         except (coredis.exceptions.RedisError, UnicodeDecodeError) as exc:
@@ -185,7 +191,7 @@ class AsyncCoredisBackend:
 
     async def scan(self, prefix: str) -> AsyncIterator[str]:
         # coredis's cluster client scans every primary in turn.
-        keys = self._client.scan_iter(match=glob_escape(prefix) + "*", count=SCAN_COUNT)
+        keys = self._client.scan_iter(match=scan_pattern(prefix), count=SCAN_COUNT)
         while True:
             try:
                 key = await anext_or_none(keys)

@@ -16,7 +16,7 @@ from chat_state.backend.redis_family import RedisFamily
 
 __all__ = ["BACKEND"]
 
-#: The :class:`~chat_state.protocols.BackendFactory` for redis-py clients.
+#: The :class:`~chat_state.backend.BackendFactory` for redis-py clients.
 BACKEND = RedisFamily(
     "redis",
     client_class="Redis",

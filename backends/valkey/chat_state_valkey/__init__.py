@@ -16,7 +16,7 @@ from chat_state.backend.redis_family import RedisFamily
 
 __all__ = ["BACKEND"]
 
-#: The :class:`~chat_state.protocols.BackendFactory` for valkey-py clients.
+#: The :class:`~chat_state.backend.BackendFactory` for valkey-py clients.
 BACKEND = RedisFamily(
     "valkey",
     client_class="Valkey",

@@ -19,8 +19,6 @@ from chat_sdk.state.redis import RedisStateAdapter
 from chat_sdk.types import QueueEntry as ChatSdkQueueEntry
 
 from chat_state import AsyncState, QueueEntry, State
-from chat_state.backend import parse_redis_url
-from chat_state.connections import open_async
 
 from ._measure import CellResult, Timing, measure_async, measure_threads
 from ._workloads import (
@@ -211,6 +209,10 @@ async def _open_async(subject: Subject, url: str) -> AsyncIterator[_AsyncOpened]
     elif subject.library == "chat-state-raw":
         # The connection AsyncState sends through, with the same commands as the raw
         # redis-py subject: the facade's cost is AsyncState's throughput over this one's.
+        # (imported here: a --baseline child may run a chat-state that has neither)
+        from chat_state.backend import parse_redis_url  # noqa: PLC0415
+        from chat_state.connections import open_async  # noqa: PLC0415
+
         own = open_async(parse_redis_url(url), _no_library_client)
         try:
             shas = {

@@ -28,7 +28,7 @@ def _sync(session: nox.Session) -> None:
     )
 
 
-@nox.session(python=["3.10", "3.11", "3.12"])
+@nox.session(python=["3.10", "3.11", "3.12", "3.13"])
 def tests(session: nox.Session) -> None:
     """The whole test suite against real servers started by the harness."""
     _sync(session)

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import hiredis
 
+from chat_state.backend.policy import SCAN_COUNT
 from chat_state.backend.replies import scan_pattern
 from chat_state.core.commands import Args
 
@@ -49,7 +50,7 @@ from .failures import (
     raise_reply,
 )
 from .nodes import NodeTable
-from .protocol import SCAN_COUNT, new_reader, pack
+from .protocol import new_reader, pack
 from .routes import ClusterRoutes, Refresh, Route, Routes, Send
 
 __all__ = ["BlockingBackend", "BlockingNode", "BlockingRouted"]

@@ -18,7 +18,6 @@ __all__ = [
     "ConnectFailed",
     "ConnectionLost",
     "ServerError",
-    "backoff",
     "connect_delays",
     "describe",
     "raise_reply",

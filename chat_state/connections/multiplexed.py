@@ -38,6 +38,7 @@ from typing import Any, TypeVar, cast
 import anyio
 import hiredis
 
+from chat_state.backend.policy import SCAN_COUNT
 from chat_state.backend.replies import scan_pattern
 from chat_state.core.commands import Args
 
@@ -53,7 +54,7 @@ from .failures import (
     reply_error,
 )
 from .nodes import NodeTable
-from .protocol import SCAN_COUNT, new_reader, pack
+from .protocol import new_reader, pack
 from .routes import ClusterRoutes, Refresh, Route, Routes, Send
 
 __all__ = ["MultiplexedBackend", "Node", "Routed", "Standalone"]

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import hiredis
 
-from chat_state.backend.policy import SCAN_COUNT
 from chat_state.core.commands import Args
 
 from .failures import ServerError
 
-__all__ = ["SCAN_COUNT", "new_reader", "pack"]
+__all__ = ["new_reader", "pack"]
 
 
 def pack(args: Args) -> bytes:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from chat_state.backend.policy import backoff
 from chat_state.core.commands import Args
 
 from .address import Address
@@ -35,7 +36,6 @@ from .failures import (
     ConnectFailed,
     ConnectionLost,
     ServerError,
-    backoff,
     connect_delays,
     describe,
 )

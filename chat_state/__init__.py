@@ -17,22 +17,30 @@ from .errors import (
     BackendError,
     ChatStateError,
     ConfigurationError,
+    LockLostError,
+    LockUnavailableError,
     NotConnectedError,
     SerializationError,
     WrongLoopError,
 )
 from .facades import AsyncState, State
+from .locking import AsyncLockContext, LockContext
 from .memory import MemoryStore
-from .models import Lock, LockLike, QueueEntry, QueueEntryLike
+from .models import HeldLock, Lock, LockLike, QueueEntry, QueueEntryLike
 
 __all__ = [
     "MAX_TTL_MS",
+    "AsyncLockContext",
     "AsyncState",
     "BackendError",
     "ChatStateError",
     "ConfigurationError",
+    "HeldLock",
     "Lock",
+    "LockContext",
     "LockLike",
+    "LockLostError",
+    "LockUnavailableError",
     "MemoryStore",
     "NotConnectedError",
     "QueueEntry",

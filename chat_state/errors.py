@@ -7,10 +7,15 @@ caller passed in are also :class:`ValueError`, so code that already catches
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 __all__ = [
     "BackendError",
     "ChatStateError",
     "ConfigurationError",
+    "LockLostError",
+    "LockUnavailableError",
     "NotConnectedError",
     "SerializationError",
     "WrongLoopError",
@@ -52,4 +57,40 @@ class BackendError(ChatStateError):
     2 s``); with a client library's client (``own_connections=false``, ``client=``,
     coredis) it names the library's exception, which is chained as ``__cause__``. The
     message never contains a password.
+    """
+
+
+class _LockError(ChatStateError):
+    """An error about one thread's lock (it names the thread, never the token)."""
+
+    def __init__(self, message: str, *, thread_id: str) -> None:
+        super().__init__(message)
+        self.thread_id = thread_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable (multiprocessing sends errors between processes) with its thread_id.
+        return functools.partial(type(self), thread_id=self.thread_id), self.args
+
+
+class LockUnavailableError(_LockError):
+    """``lock()`` could not take the thread's lock within its ``wait_ms``: another
+    holder has it.
+
+    Attributes:
+        thread_id: The thread whose lock was wanted.
+    """
+
+
+class LockLostError(_LockError):
+    """A lock held by ``lock()`` was lost before its block ended: it expired, was
+    force-released, or another holder took it, so another worker may have run at the
+    same time.
+
+    AsyncState cancels the block as soon as a renewal finds the lock gone and raises
+    this from the ``async with``; State cannot interrupt a thread, so the
+    :class:`~chat_state.HeldLock` says ``lost`` at once and this is raised when the
+    block ends. An exception raised by the block itself is never replaced by this one.
+
+    Attributes:
+        thread_id: The thread whose lock was lost.
     """

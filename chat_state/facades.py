@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -28,7 +29,17 @@ from .backend.registry import factory_for_client, factory_for_url, with_interfac
 from .backend.urls import redact_url
 from .core import operations as ops
 from .core.layout import DEFAULT_PREFIX, Layout, QueueFormat
+from .core.validate import check_name, check_ttl, check_wait
 from .errors import ConfigurationError, NotConnectedError, WrongLoopError
+from .locking import (
+    SHORT_LOCK_TTL_MS,
+    WAITING,
+    AsyncLockContext,
+    LockContext,
+    acquire_waiting,
+    acquire_waiting_async,
+    wake,
+)
 from .models import Lock, LockLike, QueueEntry, QueueEntryLike
 
 __all__ = ["AsyncState", "State"]
@@ -37,6 +48,8 @@ B = TypeVar("B", Backend, AsyncBackend)
 S = TypeVar("S", bound="_Facade[Any]")
 E = TypeVar("E", threading.Event, anyio.Event)
 
+#: How long a lock is held by default (``lock()``), in milliseconds: the Chat SDK's.
+DEFAULT_LOCK_TTL_MS = 30_000
 _URL_VARIABLES = ("CHAT_STATE_URL", "REDIS_URL")
 _MEMORY_WARNING = (
     "no URL given and neither CHAT_STATE_URL nor REDIS_URL is set: using in-process "
@@ -167,6 +180,36 @@ class _Facade(Generic[B]):
 
     def _describe(self) -> str:
         return redact_url(self._url) if self._url else "the given client"
+
+    _short_ttl_seen = False
+
+    def _note_lock_ttl(self, ttl_ms: object) -> None:
+        """Warn, once per adapter, of a lock TTL under a second (nearly always seconds
+        passed as milliseconds); a bad TTL is left for the operation to refuse."""
+        try:
+            ttl = check_ttl("ttl_ms", ttl_ms)
+        except (TypeError, ValueError):
+            return
+        if ttl < SHORT_LOCK_TTL_MS and not self._short_ttl_seen:
+            self._short_ttl_seen = True
+            self._logger.warning(
+                "chat-state was asked for a lock TTL of %d ms: TTLs are in milliseconds "
+                "(30 s is ttl_ms=30_000, or a timedelta); this adapter logs this once",
+                ttl,
+            )
+
+    def _lock_args(
+        self, thread_id: str, ttl_ms: int | timedelta, wait_ms: int | timedelta, renew: bool
+    ) -> tuple[str, int, int]:
+        """``lock()``'s arguments, checked before anything is sent."""
+        if not isinstance(renew, bool):
+            raise TypeError(f"renew must be a bool, not {type(renew).__name__}")
+        self._note_lock_ttl(ttl_ms)
+        return (
+            check_name("thread_id", thread_id),
+            check_ttl("ttl_ms", ttl_ms),
+            check_wait("wait_ms", wait_ms),
+        )
 
     def _connect_failed(self, exc: BaseException) -> None:
         if isinstance(exc, Exception):
@@ -303,25 +346,103 @@ class State(_Facade[Backend]):
 
     # -- locks --------------------------------------------------------------------
 
-    def acquire_lock(self, thread_id: str, ttl_ms: int) -> Lock | None:
-        """Take the thread's lock for ``ttl_ms`` ms, or return ``None`` if it is held."""
+    def lock(
+        self,
+        thread_id: str,
+        ttl_ms: int | timedelta = DEFAULT_LOCK_TTL_MS,
+        *,
+        wait_ms: int | timedelta = 0,
+        renew: bool = True,
+    ) -> LockContext:
+        """Hold the thread's lock for a ``with`` block: ``with state.lock(t) as held:``.
+
+        Entering takes the lock, waiting up to ``wait_ms`` (0: one try) and raising
+        :class:`~chat_state.LockUnavailableError` if another holder keeps it. While the
+        block runs, a daemon thread extends it every ``ttl_ms / 3`` (``renew=True``),
+        retrying through connection errors until it would expire. Leaving the block
+        (however it ends) stops the renewal and releases the lock.
+
+        A thread cannot be interrupted: when the lock is lost (a renewal finds it
+        gone or taken), the :class:`~chat_state.HeldLock` says ``lost`` at once and
+        :class:`~chat_state.LockLostError` is raised when the block ends, unless the
+        block raised an exception of its own, which always propagates unchanged.
+        """
+        thread_id, ttl, wait = self._lock_args(thread_id, ttl_ms, wait_ms, renew)
+        return LockContext(self, thread_id, ttl, wait, renew)
+
+    def acquire_lock(
+        self, thread_id: str, ttl_ms: int | timedelta, *, wait_ms: int | timedelta = 0
+    ) -> Lock | None:
+        """Take the thread's lock for ``ttl_ms`` ms, or return ``None`` if it is held.
+
+        With ``wait_ms``, try again (backoff with jitter, and at once when a release in
+        this process frees it) until the lock is taken or ``wait_ms`` has passed.
+        """
+        if type(ttl_ms) is not int or ttl_ms < SHORT_LOCK_TTL_MS:
+            self._note_lock_ttl(ttl_ms)
+        if type(wait_ms) is not int or wait_ms:
+            wait = check_wait("wait_ms", wait_ms)
+            if wait:
+                return acquire_waiting(self, check_name("thread_id", thread_id), ttl_ms, wait)
         where, command, finish = ops.acquire_lock(self._layout, thread_id, ttl_ms)
         return finish(self._call(where, command))
 
     def release_lock(self, lock: LockLike) -> None:
         """Release ``lock`` if it is still held under its token; otherwise do nothing."""
         where, command, finish = ops.release_lock(self._layout, lock)
-        return finish(self._script(where, command))
+        finish(self._script(where, command))
+        if WAITING:
+            wake(where)
 
-    def extend_lock(self, lock: LockLike, ttl_ms: int) -> bool:
+    def _release_owned(self, lock: LockLike) -> bool:
+        """``release_lock``, telling whether the lock was still held under its token."""
+        where, command, finish = ops.release_owned(self._layout, lock)
+        released = finish(self._script(where, command))
+        if WAITING:
+            wake(where)
+        return released
+
+    def extend_lock(self, lock: LockLike, ttl_ms: int | timedelta) -> bool:
         """Give ``lock`` a fresh TTL of ``ttl_ms`` from now, if still held; → success."""
+        if type(ttl_ms) is not int or ttl_ms < SHORT_LOCK_TTL_MS:
+            self._note_lock_ttl(ttl_ms)
         where, command, finish = ops.extend_lock(self._layout, lock, ttl_ms)
         return finish(self._script(where, command))
 
     def force_release_lock(self, thread_id: str) -> None:
         """Delete the thread's lock whoever holds it."""
         where, command, finish = ops.force_release_lock(self._layout, thread_id)
-        return finish(self._call(where, command))
+        finish(self._call(where, command))
+        if WAITING:
+            wake(where)
+
+    def release_and_recheck(self, lock: LockLike, ttl_ms: int | timedelta) -> Lock | None:
+        """The holder's half of the hand-off: release ``lock``, then look at the thread's
+        queue; if entries wait, try to take the lock again.
+
+        → a new lock: drain the queue again, then call this again; ``None``: nothing
+        waits, or another holder took the lock and drains it. With
+        :meth:`enqueue_and_recheck` on the other side, no entry is left in a queue
+        that nobody drains (see the README, "Holding a lock").
+        """
+        ttl = check_ttl("ttl_ms", ttl_ms)
+        self.release_lock(lock)
+        if not self.queue_depth(lock.thread_id):
+            return None
+        return self.acquire_lock(lock.thread_id, ttl)
+
+    def enqueue_and_recheck(
+        self, thread_id: str, entry: QueueEntryLike, max_size: int, ttl_ms: int | timedelta
+    ) -> Lock | None:
+        """The newcomer's half of the hand-off: queue ``entry``, then try the lock again.
+
+        → a lock: the holder released meanwhile, so drain the queue yourself (then
+        :meth:`release_and_recheck`); ``None``: a holder has the lock and will see the
+        entry when it releases with :meth:`release_and_recheck`.
+        """
+        ttl = check_ttl("ttl_ms", ttl_ms)
+        self.enqueue(thread_id, entry, max_size)
+        return self.acquire_lock(thread_id, ttl)
 
     # -- cache --------------------------------------------------------------------
 
@@ -330,12 +451,14 @@ class State(_Facade[Backend]):
         where, command, finish = ops.get(self._layout, key)
         return finish(self._call(where, command))
 
-    def set(self, key: str, value: Any, ttl_ms: int | None = None) -> None:
+    def set(self, key: str, value: Any, ttl_ms: int | timedelta | None = None) -> None:
         """Store ``value`` as JSON, expiring after ``ttl_ms`` ms if given."""
         where, command, finish = ops.set(self._layout, key, value, ttl_ms)
         return finish(self._call(where, command))
 
-    def set_if_not_exists(self, key: str, value: Any, ttl_ms: int | None = None) -> bool:
+    def set_if_not_exists(
+        self, key: str, value: Any, ttl_ms: int | timedelta | None = None
+    ) -> bool:
         """Store ``value`` only if ``key`` is absent (atomic); → whether it was written."""
         where, command, finish = ops.set_if_not_exists(self._layout, key, value, ttl_ms)
         return finish(self._call(where, command))
@@ -348,7 +471,12 @@ class State(_Facade[Backend]):
     # -- lists --------------------------------------------------------------------
 
     def append_to_list(
-        self, key: str, value: Any, *, max_length: int | None = None, ttl_ms: int | None = None
+        self,
+        key: str,
+        value: Any,
+        *,
+        max_length: int | None = None,
+        ttl_ms: int | timedelta | None = None,
     ) -> None:
         """Append ``value``; keep the newest ``max_length``; refresh the TTL (atomic)."""
         where, command, finish = ops.append_to_list(self._layout, key, value, max_length, ttl_ms)
@@ -637,25 +765,105 @@ class AsyncState(_Facade[AsyncBackend]):
 
     # -- locks --------------------------------------------------------------------
 
-    async def acquire_lock(self, thread_id: str, ttl_ms: int) -> Lock | None:
-        """Take the thread's lock for ``ttl_ms`` ms, or return ``None`` if it is held."""
+    def lock(
+        self,
+        thread_id: str,
+        ttl_ms: int | timedelta = DEFAULT_LOCK_TTL_MS,
+        *,
+        wait_ms: int | timedelta = 0,
+        renew: bool = True,
+    ) -> AsyncLockContext:
+        """Hold the thread's lock for an ``async with`` block:
+        ``async with state.lock(t) as held:``.
+
+        Entering takes the lock, waiting up to ``wait_ms`` (0: one try) and raising
+        :class:`~chat_state.LockUnavailableError` if another holder keeps it. While the
+        block runs, a task extends it every ``ttl_ms / 3`` (``renew=True``), retrying
+        through connection errors until it would expire. When the lock is lost (a
+        renewal finds it gone or taken), the block is cancelled and
+        :class:`~chat_state.LockLostError` is raised from the ``async with``. Leaving
+        the block (however it ends, cancellation included) stops the renewal and
+        releases the lock, shielded from cancellation; an exception of the block's own
+        propagates unchanged.
+        """
+        thread_id, ttl, wait = self._lock_args(thread_id, ttl_ms, wait_ms, renew)
+        return AsyncLockContext(self, thread_id, ttl, wait, renew)
+
+    async def acquire_lock(
+        self, thread_id: str, ttl_ms: int | timedelta, *, wait_ms: int | timedelta = 0
+    ) -> Lock | None:
+        """Take the thread's lock for ``ttl_ms`` ms, or return ``None`` if it is held.
+
+        With ``wait_ms``, try again (backoff with jitter, and at once when a release in
+        this process frees it) until the lock is taken or ``wait_ms`` has passed; a
+        waiter cancelled meanwhile holds nothing.
+        """
+        if type(ttl_ms) is not int or ttl_ms < SHORT_LOCK_TTL_MS:
+            self._note_lock_ttl(ttl_ms)
+        if type(wait_ms) is not int or wait_ms:
+            wait = check_wait("wait_ms", wait_ms)
+            if wait:
+                thread_id = check_name("thread_id", thread_id)
+                return await acquire_waiting_async(self, thread_id, ttl_ms, wait)
         where, command, finish = ops.acquire_lock(self._layout, thread_id, ttl_ms)
         return finish(await self._call(where, command))
 
     async def release_lock(self, lock: LockLike) -> None:
         """Release ``lock`` if it is still held under its token; otherwise do nothing."""
         where, command, finish = ops.release_lock(self._layout, lock)
-        return finish(await self._script(where, command))
+        finish(await self._script(where, command))
+        if WAITING:
+            wake(where)
 
-    async def extend_lock(self, lock: LockLike, ttl_ms: int) -> bool:
+    async def _release_owned(self, lock: LockLike) -> bool:
+        """``release_lock``, telling whether the lock was still held under its token."""
+        where, command, finish = ops.release_owned(self._layout, lock)
+        released = finish(await self._script(where, command))
+        if WAITING:
+            wake(where)
+        return released
+
+    async def extend_lock(self, lock: LockLike, ttl_ms: int | timedelta) -> bool:
         """Give ``lock`` a fresh TTL of ``ttl_ms`` from now, if still held; → success."""
+        if type(ttl_ms) is not int or ttl_ms < SHORT_LOCK_TTL_MS:
+            self._note_lock_ttl(ttl_ms)
         where, command, finish = ops.extend_lock(self._layout, lock, ttl_ms)
         return finish(await self._script(where, command))
 
     async def force_release_lock(self, thread_id: str) -> None:
         """Delete the thread's lock whoever holds it."""
         where, command, finish = ops.force_release_lock(self._layout, thread_id)
-        return finish(await self._call(where, command))
+        finish(await self._call(where, command))
+        if WAITING:
+            wake(where)
+
+    async def release_and_recheck(self, lock: LockLike, ttl_ms: int | timedelta) -> Lock | None:
+        """The holder's half of the hand-off: release ``lock``, then look at the thread's
+        queue; if entries wait, try to take the lock again.
+
+        → a new lock: drain the queue again, then call this again; ``None``: nothing
+        waits, or another holder took the lock and drains it. With
+        :meth:`enqueue_and_recheck` on the other side, no entry is left in a queue
+        that nobody drains (see the README, "Holding a lock").
+        """
+        ttl = check_ttl("ttl_ms", ttl_ms)
+        await self.release_lock(lock)
+        if not await self.queue_depth(lock.thread_id):
+            return None
+        return await self.acquire_lock(lock.thread_id, ttl)
+
+    async def enqueue_and_recheck(
+        self, thread_id: str, entry: QueueEntryLike, max_size: int, ttl_ms: int | timedelta
+    ) -> Lock | None:
+        """The newcomer's half of the hand-off: queue ``entry``, then try the lock again.
+
+        → a lock: the holder released meanwhile, so drain the queue yourself (then
+        :meth:`release_and_recheck`); ``None``: a holder has the lock and will see the
+        entry when it releases with :meth:`release_and_recheck`.
+        """
+        ttl = check_ttl("ttl_ms", ttl_ms)
+        await self.enqueue(thread_id, entry, max_size)
+        return await self.acquire_lock(thread_id, ttl)
 
     # -- cache --------------------------------------------------------------------
 
@@ -664,12 +872,14 @@ class AsyncState(_Facade[AsyncBackend]):
         where, command, finish = ops.get(self._layout, key)
         return finish(await self._call(where, command))
 
-    async def set(self, key: str, value: Any, ttl_ms: int | None = None) -> None:
+    async def set(self, key: str, value: Any, ttl_ms: int | timedelta | None = None) -> None:
         """Store ``value`` as JSON, expiring after ``ttl_ms`` ms if given."""
         where, command, finish = ops.set(self._layout, key, value, ttl_ms)
         return finish(await self._call(where, command))
 
-    async def set_if_not_exists(self, key: str, value: Any, ttl_ms: int | None = None) -> bool:
+    async def set_if_not_exists(
+        self, key: str, value: Any, ttl_ms: int | timedelta | None = None
+    ) -> bool:
         """Store ``value`` only if ``key`` is absent (atomic); → whether it was written."""
         where, command, finish = ops.set_if_not_exists(self._layout, key, value, ttl_ms)
         return finish(await self._call(where, command))
@@ -682,7 +892,12 @@ class AsyncState(_Facade[AsyncBackend]):
     # -- lists --------------------------------------------------------------------
 
     async def append_to_list(
-        self, key: str, value: Any, *, max_length: int | None = None, ttl_ms: int | None = None
+        self,
+        key: str,
+        value: Any,
+        *,
+        max_length: int | None = None,
+        ttl_ms: int | timedelta | None = None,
     ) -> None:
         """Append ``value``; keep the newest ``max_length``; refresh the TTL (atomic)."""
         where, command, finish = ops.append_to_list(self._layout, key, value, max_length, ttl_ms)

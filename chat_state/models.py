@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Lock", "LockLike", "QueueEntry", "QueueEntryLike"]
+__all__ = ["HeldLock", "Lock", "LockLike", "QueueEntry", "QueueEntryLike"]
 
 
 class LockLike(Protocol):
@@ -54,6 +54,61 @@ class Lock:
     def __repr__(self) -> str:
         # The token is a bearer secret: keep it out of logs.
         return f"Lock(thread_id={self.thread_id!r}, token='***', expires_at={self.expires_at})"
+
+
+class HeldLock:
+    """A lock held by ``state.lock(...)``, for as long as its block runs.
+
+    Accepted wherever a :class:`Lock` is (``release_lock``, ``extend_lock``, ...).
+    While the block runs it is renewed in the background, and ``expires_at`` follows
+    each renewal; ``lost`` turns ``True`` once a renewal finds the lock gone or taken
+    (or could not reach the server before the lock would have expired).
+
+    Attributes:
+        thread_id: The thread the lock is for.
+        token: The holder's secret token (kept out of ``repr``).
+        expires_at: Unix time in milliseconds at which the lock expires at the latest,
+            as of its last renewal (read from the clock before each command is sent).
+        lost: Whether the lock is known to be no longer held by this holder.
+    """
+
+    __slots__ = ("_expires_at", "_lost", "_thread_id", "_token", "_why")
+
+    def __init__(self, lock: Lock) -> None:
+        self._thread_id = lock.thread_id
+        self._token = lock.token
+        self._expires_at = lock.expires_at
+        self._lost = False
+        self._why = ""
+
+    @property
+    def thread_id(self) -> str:
+        return self._thread_id
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    @property
+    def expires_at(self) -> int:
+        return self._expires_at
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    def _renewed(self, expires_at: int) -> None:
+        self._expires_at = expires_at
+
+    def _lose(self, why: str) -> None:
+        if not self._lost:
+            self._lost, self._why = True, why
+
+    def __repr__(self) -> str:
+        return (
+            f"HeldLock(thread_id={self._thread_id!r}, token='***', "
+            f"expires_at={self._expires_at}, lost={self._lost})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""A webhook handler's use of AsyncState: de-duplicate, lock the thread, queue, history.
+"""A webhook handler's use of AsyncState: de-duplicate, queue, drain under the thread's
+lock (held with ``state.lock()``, renewed while the handler runs), keep history.
 
 Run it: ``uv run python examples/async_bot.py [URL]`` (default ``memory://``).
 """
@@ -10,7 +11,36 @@ import time
 
 import anyio
 
-from chat_state import AsyncState, QueueEntry
+from chat_state import AsyncState, LockLostError, LockUnavailableError, QueueEntry
+
+
+async def handle(state: AsyncState, thread_id: str, message: dict[str, str]) -> None:
+    """The bot's work for one message (here: keep it in the thread's history)."""
+    await state.append_to_list(f"history:{thread_id}", message, max_length=100, ttl_ms=86_400_000)
+
+
+async def drain(state: AsyncState, thread_id: str) -> int:
+    """Handle the thread's queued messages under its lock; → how many this worker handled.
+
+    The hand-off: the holder looks at the queue again after releasing, and a newcomer
+    tries the lock after queueing, so a message queued just as the holder releases is
+    never left behind (vercel/chat #928).
+    """
+    handled = 0
+    while True:
+        try:
+            # Renewed every 10 s; were it lost, the block is cancelled (LockLostError).
+            async with state.lock(thread_id, ttl_ms=30_000):
+                while (entry := await state.dequeue(thread_id)) is not None:
+                    if entry.expires_at >= time.time_ns() // 1_000_000:
+                        await handle(state, thread_id, entry.message)
+                        handled += 1
+        except LockUnavailableError:
+            return handled  # its holder looks at the queue again after releasing
+        except LockLostError:
+            pass  # look at the queue again, as after a release
+        if not await state.queue_depth(thread_id):
+            return handled
 
 
 async def on_webhook(state: AsyncState, event_id: str, thread_id: str, text: str) -> str:
@@ -20,19 +50,8 @@ async def on_webhook(state: AsyncState, event_id: str, thread_id: str, text: str
         return "duplicate dropped"
     now = time.time_ns() // 1_000_000
     await state.enqueue(thread_id, QueueEntry(now, now + 90_000, {"text": text}), max_size=10)
-    lock = await state.acquire_lock(thread_id, ttl_ms=30_000)
-    if lock is None:
-        return "queued for the worker that holds the thread"
-    try:
-        handled = 0
-        while (entry := await state.dequeue(thread_id)) is not None:
-            await state.append_to_list(
-                f"history:{thread_id}", entry.message, max_length=100, ttl_ms=86_400_000
-            )
-            handled += 1
-        return f"handled {handled} message(s)"
-    finally:
-        await state.release_lock(lock)
+    handled = await drain(state, thread_id)
+    return f"handled {handled} message(s)" if handled else "queued for the worker that holds it"
 
 
 async def main(url: str) -> None:

@@ -8,23 +8,20 @@ from __future__ import annotations
 import sys
 import threading
 
-from chat_state import State
+from chat_state import LockUnavailableError, State
 
 
 def work(
     state: State, name: str, thread_id: str, done: list[str], tried: threading.Barrier
 ) -> None:
-    """Take the thread's lock if free, and keep it alive while working."""
-    lock = state.acquire_lock(thread_id, ttl_ms=5_000)
-    tried.wait()  # every worker has tried once while the winner still holds the lock
-    if lock is None:
-        return
+    """Hold the thread's lock if it is free: renewed while the work runs, released after."""
     try:
-        if not state.extend_lock(lock, ttl_ms=5_000):  # check: a lost lock must stop the work
-            raise RuntimeError("lost the lock")
-        done.append(name)
-    finally:
-        state.release_lock(lock)
+        # One try (wait_ms=0). Were the lock lost meanwhile, LockLostError at the end.
+        with state.lock(thread_id, ttl_ms=5_000):
+            tried.wait()  # every worker has tried once while the winner holds the lock
+            done.append(name)
+    except LockUnavailableError:
+        tried.wait()
 
 
 def main(url: str) -> None:

@@ -81,8 +81,8 @@ def external_url() -> str | None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test that takes a ``target`` runs on each (``@pytest.mark.targets`` narrows
     the list); with a ``facade`` too, through State and AsyncState, and AsyncState on
-    asyncio and, where it can run there, on trio. Each run carries its target's markers
-    (``-m "not cluster"``)."""
+    asyncio and, where it can run there, on trio (``@pytest.mark.facades`` narrows that).
+    Each run carries its target's markers (``-m "not cluster"``)."""
     if "target" not in metafunc.fixturenames:
         return
     marker = metafunc.definition.get_closest_marker("targets")
@@ -90,9 +90,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "facade" not in metafunc.fixturenames:
         metafunc.parametrize("target", targets.target_params(specs), indirect=True)
         return
+    only = metafunc.definition.get_closest_marker("facades")
     metafunc.parametrize(
         ("target", "facade", "anyio_backend"),
-        targets.case_params(specs),
+        targets.case_params(specs, only.args[0] if only else ("sync", "async")),
         indirect=["target", "facade"],
     )
 

@@ -175,14 +175,17 @@ class Case:
         return self.target.marks + ((TRIO_MARK,) if self.loop == "trio" else ())
 
 
-def cases(targets: Sequence[TargetSpec]) -> list[Case]:
+def cases(
+    targets: Sequence[TargetSpec], facades: Iterable[Facade] = ("sync", "async")
+) -> list[Case]:
     """targets x facades x loops: State on asyncio, AsyncState on asyncio, and AsyncState
-    on trio where it can run there."""
+    on trio where it can run there (``facades``: only these)."""
+    chosen = set(facades)
     return [
         Case(target, facade, loop)
         for target in targets
         for facade, loop in FACADE_LOOPS
-        if loop == "asyncio" or target.runs_on_trio
+        if facade in chosen and (loop == "asyncio" or target.runs_on_trio)
     ]
 
 
@@ -195,9 +198,11 @@ def target_params(targets: Sequence[TargetSpec]) -> list[Any]:
     return [pytest.param(spec, id=spec.name, marks=_marks(spec.marks)) for spec in targets]
 
 
-def case_params(targets: Sequence[TargetSpec]) -> list[Any]:
+def case_params(
+    targets: Sequence[TargetSpec], facades: Iterable[Facade] = ("sync", "async")
+) -> list[Any]:
     """pytest parameters for ``(target, facade, anyio_backend)``."""
     return [
         pytest.param(case.target, case.facade, case.loop, id=case.id, marks=_marks(case.marks))
-        for case in cases(targets)
+        for case in cases(targets, facades)
     ]

@@ -15,5 +15,6 @@ SCAN_COUNT = 1000
 
 
 def backoff(attempt: int) -> float:
-    """Seconds to wait before retry number ``attempt`` (0-based): exponential, capped."""
-    return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+    """Seconds to wait before retry number ``attempt`` (0-based): exponential, capped
+    (at any ``attempt``: the exponent stops growing long after the cap is reached)."""
+    return float(min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(attempt, 32)))

@@ -18,6 +18,7 @@ import functools
 import os
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from chat_state.models import Lock, QueueEntry
@@ -127,7 +128,7 @@ def is_subscribed(layout: Layout, thread_id: str) -> Prepared[bool]:
     return key, ("SISMEMBER", key, check_name("thread_id", thread_id)), _truth
 
 
-def acquire_lock(layout: Layout, thread_id: str, ttl_ms: int) -> Prepared[Lock | None]:
+def acquire_lock(layout: Layout, thread_id: str, ttl_ms: int | timedelta) -> Prepared[Lock | None]:
     thread_id = check_name("thread_id", thread_id)
     key = layout.lock(thread_id)
     ttl = check_ttl("ttl_ms", ttl_ms)
@@ -143,7 +144,14 @@ def release_lock(layout: Layout, lock: Any) -> Prepared[None]:
     return key, _script(RELEASE, key, token), _nothing
 
 
-def extend_lock(layout: Layout, lock: Any, ttl_ms: int) -> Prepared[bool]:
+def release_owned(layout: Layout, lock: Any) -> Prepared[bool]:
+    """``release_lock``, telling whether the lock was still held under its token."""
+    thread_id, token = check_lock(lock)
+    key = layout.lock(thread_id)
+    return key, _script(RELEASE, key, token), _is_one
+
+
+def extend_lock(layout: Layout, lock: Any, ttl_ms: int | timedelta) -> Prepared[bool]:
     thread_id, token = check_lock(lock)
     key = layout.lock(thread_id)
     return key, _script(EXTEND, key, token, check_ttl("ttl_ms", ttl_ms)), _is_one
@@ -159,7 +167,9 @@ def get(layout: Layout, key: str) -> Prepared[Any]:
     return cache_key, ("GET", cache_key), _value
 
 
-def _set(layout: Layout, key: str, value: Any, ttl_ms: int | None, *nx: str) -> tuple[str, Args]:
+def _set(
+    layout: Layout, key: str, value: Any, ttl_ms: int | timedelta | None, *nx: str
+) -> tuple[str, Args]:
     cache_key = layout.cache(check_name("key", key))
     ttl = check_ttl("ttl_ms", ttl_ms, optional=True)
     text = codec.encode(value)
@@ -168,13 +178,15 @@ def _set(layout: Layout, key: str, value: Any, ttl_ms: int | None, *nx: str) -> 
     return cache_key, ("SET", cache_key, text, *nx)
 
 
-def set(layout: Layout, key: str, value: Any, ttl_ms: int | None = None) -> Prepared[None]:
+def set(
+    layout: Layout, key: str, value: Any, ttl_ms: int | timedelta | None = None
+) -> Prepared[None]:
     cache_key, args = _set(layout, key, value, ttl_ms)
     return cache_key, args, _nothing
 
 
 def set_if_not_exists(
-    layout: Layout, key: str, value: Any, ttl_ms: int | None = None
+    layout: Layout, key: str, value: Any, ttl_ms: int | timedelta | None = None
 ) -> Prepared[bool]:
     cache_key, args = _set(layout, key, value, ttl_ms, "NX")
     return cache_key, args, _truth  # SET: OK (or True) when written, else nil
@@ -186,7 +198,11 @@ def delete(layout: Layout, key: str) -> Prepared[None]:
 
 
 def append_to_list(
-    layout: Layout, key: str, value: Any, max_length: int | None = None, ttl_ms: int | None = None
+    layout: Layout,
+    key: str,
+    value: Any,
+    max_length: int | None = None,
+    ttl_ms: int | timedelta | None = None,
 ) -> Prepared[None]:
     list_key = layout.list(check_name("key", key))
     # 0 means "unbounded" / "keep the list's TTL", as in Redis and TypeScript.

@@ -7,6 +7,7 @@ write (see :data:`MAX_TTL_MS`, :data:`MAX_SIZE`, :data:`MAX_TIME_MS`).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "check_size",
     "check_text",
     "check_ttl",
+    "check_wait",
+    "milliseconds",
 ]
 
 #: The longest TTL, in milliseconds: 2**53 - 1 (about 285,000 years), the largest
@@ -75,13 +78,45 @@ def _check_int(name: str, value: object, low: int, high: int, what: str) -> int:
     return value
 
 
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+def milliseconds(value: object) -> object:
+    """A :class:`~datetime.timedelta` as whole milliseconds, rounded up (so a positive
+    duration never becomes 0); anything else as it is, for the range checks to judge."""
+    if isinstance(value, timedelta):
+        return -(-value // _MILLISECOND)
+    return value
+
+
+def _check_ms(name: str, value: object, low: int) -> int:
+    """A duration in milliseconds (an int, or a timedelta) from ``low`` to MAX_TTL_MS."""
+    if isinstance(value, timedelta):
+        if value < timedelta(0):  # refused even when it would round up to 0
+            raise ValueError(f"{name} must not be negative, got {value!r}")
+        value = milliseconds(value)
+    elif isinstance(value, bool) or not isinstance(value, int):
+        kind = type(value).__name__
+        raise TypeError(f"{name} must be an int (milliseconds) or a timedelta, not {kind}")
+    return _check_int(name, value, low, MAX_TTL_MS, "a number of milliseconds")
+
+
 def check_ttl(name: str, value: object, *, optional: bool = False) -> int:
-    """A TTL in milliseconds, 1 to :data:`MAX_TTL_MS` (``None`` → 0 when ``optional``)."""
+    """A TTL in milliseconds, 1 to :data:`MAX_TTL_MS` (``None`` → 0 when ``optional``);
+    a :class:`~datetime.timedelta` is taken as its milliseconds, rounded up."""
     if type(value) is int and 0 < value <= MAX_TTL_MS:
         return value  # the common case, in one test
     if value is None and optional:
         return 0
-    return _check_int(name, value, 1, MAX_TTL_MS, "a number of milliseconds")
+    return _check_ms(name, value, 1)
+
+
+def check_wait(name: str, value: object) -> int:
+    """How long to wait, in milliseconds (an int or a timedelta): 0 (try once) to
+    :data:`MAX_TTL_MS`."""
+    if type(value) is int and 0 <= value <= MAX_TTL_MS:
+        return value
+    return _check_ms(name, value, 0)
 
 
 def check_size(name: str, value: object) -> int:
@@ -95,7 +130,7 @@ def check_list_ttl(name: str, value: object) -> int:
     """A list's TTL in milliseconds: ``None`` or 0 (keep the list's TTL) to :data:`MAX_TTL_MS`."""
     if value is None:
         return 0
-    return _check_int(name, value, 0, MAX_TTL_MS, "a number of milliseconds")
+    return _check_ms(name, value, 0)
 
 
 def check_lock(lock: Any) -> tuple[str, str]:

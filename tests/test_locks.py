@@ -506,7 +506,7 @@ async def test_a_waiter_cancelled_after_the_grant_holds_nothing(target: Target, 
             with anyio.move_on_after(0.1):
                 await wait_for_it()
         elif how == "wait_for":
-            with pytest.raises(TimeoutError):
+            with pytest.raises(asyncio.TimeoutError):  # not the builtin one before 3.11
                 await asyncio.wait_for(wait_for_it(), 0.1)
         else:
             task = asyncio.ensure_future(wait_for_it())
@@ -530,7 +530,7 @@ async def test_asyncio_cancelling_the_exit_still_releases(target: Target) -> Non
                 state._backend = _LateReplies(state._backend, "EVALSHA", 0.3)
 
         with anyio.CancelScope():  # would raise if its stack were corrupted
-            with pytest.raises(TimeoutError):
+            with pytest.raises(asyncio.TimeoutError):  # not the builtin one before 3.11
                 await asyncio.wait_for(block(), 0.1)
         assert target.raw.get(lock_key) is None  # released before the cancellation went on
 

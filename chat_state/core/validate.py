@@ -22,7 +22,6 @@ __all__ = [
     "check_text",
     "check_ttl",
     "check_wait",
-    "milliseconds",
 ]
 
 #: The longest TTL, in milliseconds: 2**53 - 1 (about 285,000 years), the largest
@@ -81,20 +80,12 @@ def _check_int(name: str, value: object, low: int, high: int, what: str) -> int:
 _MILLISECOND = timedelta(milliseconds=1)
 
 
-def milliseconds(value: object) -> object:
-    """A :class:`~datetime.timedelta` as whole milliseconds, rounded up (so a positive
-    duration never becomes 0); anything else as it is, for the range checks to judge."""
-    if isinstance(value, timedelta):
-        return -(-value // _MILLISECOND)
-    return value
-
-
 def _check_ms(name: str, value: object, low: int) -> int:
     """A duration in milliseconds (an int, or a timedelta) from ``low`` to MAX_TTL_MS."""
     if isinstance(value, timedelta):
         if value < timedelta(0):  # refused even when it would round up to 0
             raise ValueError(f"{name} must not be negative, got {value!r}")
-        value = milliseconds(value)
+        value = -(-value // _MILLISECOND)  # whole milliseconds, rounded up: never 0 if > 0
     elif isinstance(value, bool) or not isinstance(value, int):
         kind = type(value).__name__
         raise TypeError(f"{name} must be an int (milliseconds) or a timedelta, not {kind}")

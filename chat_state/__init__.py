@@ -26,7 +26,7 @@ from .errors import (
 from .facades import AsyncState, State
 from .locking import AsyncLockContext, LockContext
 from .memory import MemoryStore
-from .models import HeldLock, Lock, LockLike, QueueEntry, QueueEntryLike
+from .models import Health, HeldLock, Lock, LockLike, NodeHealth, QueueEntry, QueueEntryLike
 
 __all__ = [
     "MAX_TTL_MS",
@@ -35,6 +35,7 @@ __all__ = [
     "BackendError",
     "ChatStateError",
     "ConfigurationError",
+    "Health",
     "HeldLock",
     "Lock",
     "LockContext",
@@ -42,6 +43,7 @@ __all__ = [
     "LockLostError",
     "LockUnavailableError",
     "MemoryStore",
+    "NodeHealth",
     "NotConnectedError",
     "QueueEntry",
     "QueueEntryLike",

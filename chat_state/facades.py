@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,14 +24,22 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from .backend.interface import Args, AsyncBackend, Backend, BackendFactory, NoScriptError
+from .backend.interface import (
+    Args,
+    AsyncBackend,
+    Backend,
+    BackendFactory,
+    NodeReply,
+    NoScriptError,
+)
 from .backend.loops import LoopEnd, abandon, after_fork, current_loop, loop_running, on_asyncio
 from .backend.registry import factory_for_client, factory_for_url, with_interface
-from .backend.urls import redact_url
+from .backend.urls import parse_redis_url, redact_url
 from .core import operations as ops
+from .core.health import HELLO, identity
 from .core.layout import DEFAULT_PREFIX, Layout, QueueFormat
 from .core.validate import check_name, check_ttl, check_wait
-from .errors import ConfigurationError, NotConnectedError, WrongLoopError
+from .errors import BackendError, ConfigurationError, NotConnectedError, WrongLoopError
 from .locking import (
     SHORT_LOCK_TTL_MS,
     WAITING,
@@ -40,7 +49,7 @@ from .locking import (
     acquire_waiting_async,
     wake,
 )
-from .models import Lock, LockLike, QueueEntry, QueueEntryLike
+from .models import Health, Lock, LockLike, NodeHealth, QueueEntry, QueueEntryLike
 
 __all__ = ["AsyncState", "State"]
 
@@ -161,7 +170,12 @@ class _Facade(Generic[B]):
     def is_connected(self) -> bool:
         """Whether :meth:`connect` has succeeded and :meth:`disconnect` not been called
         since (for an AsyncState: and its event loop has not finished, and this is the
-        process that connected it). It is not a health check: it does not ask the server.
+        process that connected it).
+
+        It says whether operations may be sent, not whether they would succeed: it
+        does not ask the server, and stays ``True`` while the server is down (the
+        connections are opened again as commands need them). For that, use
+        :meth:`ping` or :meth:`health`.
         """
         return self._backend is not None
 
@@ -213,8 +227,64 @@ class _Facade(Generic[B]):
 
     def _connect_failed(self, exc: BaseException) -> None:
         if isinstance(exc, Exception):
-            # Our errors never carry a password; the URL is redacted.
-            self._logger.warning("chat-state could not connect to %s: %s", self._describe(), exc)
+            # Raised to the caller, who reports it: logged here only for debugging (our
+            # errors never carry a password; the URL is redacted).
+            self._logger.debug("chat-state could not connect to %s: %s", self._describe(), exc)
+
+    def _noscript(self, args: Args) -> Args:
+        """The EVAL to send after NOSCRIPT (the server lost its script cache)."""
+        self._logger.debug(
+            "chat-state sends a script's source again: %s lost its script cache",
+            self._describe(),
+        )
+        return ops.evaluated(args)
+
+    def _topology(self) -> str:
+        """How the servers are laid out, for :meth:`health`."""
+        if self._url is None:
+            return "client"
+        scheme = self._url.partition("://")[0].lower()
+        if scheme == "memory":
+            return "memory"
+        try:
+            return parse_redis_url(self._url).topology
+        except ConfigurationError:  # a third-party backend's scheme
+            return scheme
+
+    def _one_node(self, started: float, reply: Any) -> list[NodeReply]:
+        """A backend without ``each_primary``: its one answer, as a node's."""
+        return [NodeReply(self._describe(), reply, time.monotonic() - started)]
+
+    @staticmethod
+    def _round_trip(pings: list[NodeReply]) -> float:
+        """The slowest primary's round trip (ms), or the BackendError of those that failed."""
+        failed = [p for p in pings if isinstance(p.reply, BaseException)]
+        if failed:
+            raise BackendError(
+                "PING failed: " + "; ".join(f"{p.address}: {p.reply}" for p in failed)
+            ) from failed[0].reply
+        return max(p.seconds for p in pings) * 1000
+
+    def _health(self, pings: list[NodeReply], hellos: list[NodeReply]) -> Health:
+        """:meth:`health`'s value from each primary's PING and HELLO."""
+        said = {h.address: identity(h.reply) for h in hellos if not isinstance(h.reply, Exception)}
+        nodes = tuple(
+            NodeHealth(p.address, False, None, error=str(p.reply))
+            if isinstance(p.reply, BaseException)
+            else NodeHealth(p.address, True, p.seconds * 1000, said.get(p.address, (None,) * 3)[2])
+            for p in pings
+        )
+        known = [s for s in said.values() if s[0] is not None]
+        server, version, _ = known[0] if known else (None, None, None)
+        answered = [n.latency_ms for n in nodes if n.latency_ms is not None]
+        return Health(
+            ok=bool(nodes) and all(n.ok for n in nodes),
+            latency_ms=max(answered) if answered else None,
+            topology=self._topology(),
+            nodes=nodes,
+            server=server,
+            version=version,
+        )
 
 
 class State(_Facade[Backend]):
@@ -249,7 +319,7 @@ class State(_Facade[Backend]):
         try:
             return self._call(key, args)
         except NoScriptError:
-            return self._call(key, ops.evaluated(args))
+            return self._call(key, self._noscript(args))
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -318,6 +388,37 @@ class State(_Facade[Backend]):
         first use and closed by :meth:`disconnect`; a client you passed in is itself.
         """
         return self._connected().client
+
+    def _each_primary(self, args: Args) -> list[NodeReply]:
+        """``args`` on every primary in use (one call where the backend cannot tell)."""
+        backend = self._connected()
+        each = getattr(backend, "each_primary", None)
+        if each is not None:
+            replies: list[NodeReply] = each(args)
+            return replies
+        started = time.monotonic()
+        try:
+            reply = backend.call(None, args)
+        except BackendError as exc:
+            reply = exc
+        return self._one_node(started, reply)
+
+    def ping(self) -> float:
+        """PING every primary in use, over the connections operations use; → the
+        slowest round trip, in milliseconds.
+
+        Raises :class:`~chat_state.BackendError` if any does not answer within the
+        URL's ``socket_timeout`` (10 s by default) or cannot be reached.
+        """
+        return self._round_trip(self._each_primary(ops.PING))
+
+    def health(self) -> Health:
+        """How the servers in use are: a :class:`~chat_state.Health` with each
+        primary's address, role, round trip and error, and the server's name and
+        version. Never raises for a server that is down: ``ok`` is then ``False``."""
+        pings = self._each_primary(ops.PING)
+        live = [p for p in pings if not isinstance(p.reply, BaseException)]
+        return self._health(pings, self._each_primary(HELLO) if live else [])
 
     def iter_keys(self) -> Iterator[str]:
         """Every key of this state (``{prefix}:…``), found with SCAN on every primary.
@@ -553,7 +654,7 @@ class AsyncState(_Facade[AsyncBackend]):
         try:
             return await self._call(key, args)
         except NoScriptError:
-            return await self._call(key, ops.evaluated(args))
+            return await self._call(key, self._noscript(args))
 
     def _connected(self) -> AsyncBackend:
         """The backend, if this adapter is connected in the running event loop."""
@@ -736,6 +837,37 @@ class AsyncState(_Facade[AsyncBackend]):
         :meth:`disconnect`; a client you passed in is itself.
         """
         return self._connected().client
+
+    async def _each_primary(self, args: Args) -> list[NodeReply]:
+        """``args`` on every primary in use (one call where the backend cannot tell)."""
+        backend = self._connected()
+        each = getattr(backend, "each_primary", None)
+        if each is not None:
+            replies: list[NodeReply] = await each(args)
+            return replies
+        started = time.monotonic()
+        try:
+            reply = await backend.call(None, args)
+        except BackendError as exc:
+            reply = exc
+        return self._one_node(started, reply)
+
+    async def ping(self) -> float:
+        """PING every primary in use, over the connections operations use; → the
+        slowest round trip, in milliseconds.
+
+        Raises :class:`~chat_state.BackendError` if any does not answer within the
+        URL's ``socket_timeout`` (10 s by default) or cannot be reached.
+        """
+        return self._round_trip(await self._each_primary(ops.PING))
+
+    async def health(self) -> Health:
+        """How the servers in use are: a :class:`~chat_state.Health` with each
+        primary's address, role, round trip and error, and the server's name and
+        version. Never raises for a server that is down: ``ok`` is then ``False``."""
+        pings = await self._each_primary(ops.PING)
+        live = [p for p in pings if not isinstance(p.reply, BaseException)]
+        return self._health(pings, await self._each_primary(HELLO) if live else [])
 
     def iter_keys(self) -> AsyncIterator[str]:
         """Every key of this state (``{prefix}:…``), found with SCAN on every primary.

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from importlib.metadata import version
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -312,8 +313,12 @@ def _script(store: MemoryStore, sha: str, args: Args) -> Any:
     return store.run_script(sha, keys, argv)
 
 
+#: What the memory backend answers to HELLO as its version: chat-state's.
+_VERSION = version("chat-state")
+
 _COMMANDS: dict[str, Callable[[MemoryStore, Args], Any]] = {
     "PING": lambda store, args: "PONG",
+    "HELLO": lambda store, args: ["server", "memory", "version", _VERSION, "role", "master"],
     "GET": lambda store, args: store.get(str(args[1])),
     "SET": _set,
     "DEL": lambda store, args: store.delete(str(args[1])),

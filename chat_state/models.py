@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["HeldLock", "Lock", "LockLike", "QueueEntry", "QueueEntryLike"]
+__all__ = [
+    "Health",
+    "HeldLock",
+    "Lock",
+    "LockLike",
+    "NodeHealth",
+    "QueueEntry",
+    "QueueEntryLike",
+]
 
 
 class LockLike(Protocol):
@@ -127,3 +135,38 @@ class QueueEntry:
     enqueued_at: int
     expires_at: int
     message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHealth:
+    """One server in use, as :meth:`~chat_state.State.health` found it.
+
+    ``address`` is ``host:port`` (or a socket path); ``role`` is the server's own
+    (``"master"``, ``"replica"``) when it said, ``latency_ms`` the PING's round trip,
+    ``error`` why it did not answer (``None`` when ``ok``).
+    """
+
+    address: str
+    ok: bool
+    latency_ms: float | None
+    role: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What :meth:`~chat_state.State.health` reports about the servers in use.
+
+    ``ok``: every node answered. ``latency_ms``: the slowest node's PING round trip
+    (``None`` if none answered). ``topology``: ``"memory"``, ``"standalone"``,
+    ``"unix"``, ``"cluster"``, ``"sentinel"`` or ``"client"`` (a client passed in).
+    ``nodes``: each primary in use. ``server`` and ``version``: what the server calls
+    itself (``"redis"``, ``"valkey"``, ``"memory"``) and its version, when it said.
+    """
+
+    ok: bool
+    latency_ms: float | None
+    topology: str
+    nodes: tuple[NodeHealth, ...]
+    server: str | None = None
+    version: str | None = None

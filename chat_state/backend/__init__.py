@@ -36,7 +36,15 @@ from typing import TYPE_CHECKING
 from chat_state.core.commands import script_call, set_options
 
 from .errors import backend_error, configuration_error, scrub
-from .interface import Arg, Args, AsyncBackend, Backend, BackendFactory, NoScriptError
+from .interface import (
+    Arg,
+    Args,
+    AsyncBackend,
+    Backend,
+    BackendFactory,
+    NodeReply,
+    NoScriptError,
+)
 from .loops import on_asyncio, spawn_detached
 from .policy import BACKOFF_BASE_S, BACKOFF_CAP_S, RETRIES, SCAN_COUNT, backoff
 from .registry import ENTRY_POINT_GROUP
@@ -59,6 +67,7 @@ __all__ = [
     "Backend",
     "BackendFactory",
     "NoScriptError",
+    "NodeReply",
     "PortalBackend",
     "RedisURL",
     "anext_or_none",

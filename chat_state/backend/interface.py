@@ -6,7 +6,8 @@ command's words (``("SET", "chat-sdk:cache:k", '"v"', "PX", 60000, "NX")``) and
 command with no key, such as ``PING``). The commands are those the operations of
 :mod:`chat_state.core.operations` build, and nothing else: ``PING``, ``GET``,
 ``SET`` (with ``PX`` and ``NX``), ``DEL``, ``SADD``, ``SREM``, ``SISMEMBER``,
-``LPOP``, ``LLEN``, ``LRANGE``, ``EVALSHA`` and ``EVAL``.
+``LPOP``, ``LLEN``, ``LRANGE``, ``EVALSHA`` and ``EVAL``, and ``HELLO`` without
+arguments (health checks).
 
 A backend returns replies normalised as the operations read them: text as
 ``str`` (bytes that are not UTF-8 as U+FFFD), integers as ``int``, nil as ``None``,
@@ -17,6 +18,11 @@ client library's exception chained, secrets scrubbed: see
 BackendError, for an ``EVALSHA`` whose script the server does not know: the facades
 then send the ``EVAL`` once.
 
+A backend may also have ``each_primary(args)``: run the command on every primary it
+uses (each of a Cluster's, the one a Sentinel names, the one server) and return a
+:class:`NodeReply` for each, the reply or the :class:`BackendError` it got; health
+checks use it. Without it, they send one command through ``call``.
+
 The sync and async protocols close with different method names (``close`` /
 ``aclose``), so no class satisfies both by accident.
 """
@@ -24,16 +30,32 @@ The sync and async protocols close with different method names (``close`` /
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from chat_state.core.commands import Arg, Args
 from chat_state.errors import BackendError
 
-__all__ = ["Arg", "Args", "AsyncBackend", "Backend", "BackendFactory", "NoScriptError"]
+__all__ = [
+    "Arg",
+    "Args",
+    "AsyncBackend",
+    "Backend",
+    "BackendFactory",
+    "NoScriptError",
+    "NodeReply",
+]
 
 
 class NoScriptError(BackendError):
     """The server has no script with that SHA (its script cache was flushed or lost)."""
+
+
+class NodeReply(NamedTuple):
+    """One primary's answer to a command sent to each (``each_primary``)."""
+
+    address: str  # host:port, or a unix socket's path
+    reply: Any  # the normalised reply, or the BackendError it failed with
+    seconds: float  # how long the round trip took
 
 
 @runtime_checkable

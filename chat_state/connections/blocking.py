@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import hiredis
 
+from chat_state.backend.interface import NodeReply
 from chat_state.backend.policy import SCAN_COUNT
 from chat_state.backend.replies import scan_pattern
 from chat_state.core.commands import Args
@@ -132,6 +133,16 @@ def _connect(address: Address, settings: Settings) -> _Link:
     return link
 
 
+def _timed(address: Address, node: BlockingNode, args: Args) -> NodeReply:
+    """``args`` on ``node``: its reply (or failure) and how long it took."""
+    started = time.monotonic()
+    try:
+        reply = node.call(None, args)
+    except (ServerError, ConnectionLost) as exc:
+        reply = exc
+    return NodeReply(str(address), reply, time.monotonic() - started)
+
+
 class BlockingNode:
     """One server and blocking connections to it, one per thread in use."""
 
@@ -209,6 +220,9 @@ class BlockingNode:
             if cursor == "0":
                 return
 
+    def each_primary(self, args: Args) -> list[NodeReply]:
+        return [_timed(self._address, self, args)]
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -276,6 +290,10 @@ class BlockingRouted:
         for address in self._routes.primaries():
             yield from self._nodes.get(address).scan(pattern)
 
+    def each_primary(self, args: Args) -> list[NodeReply]:
+        self._follow(self._routes.ready())
+        return [_timed(a, self._nodes.get(a), args) for a in self._routes.primaries()]
+
     def close(self) -> None:
         for node in self._nodes.take_all():
             node.close()
@@ -300,6 +318,9 @@ class BlockingBackend:
 
     def scan(self, prefix: str) -> Iterator[str]:
         return self._node.scan(scan_pattern(prefix))
+
+    def each_primary(self, args: Args) -> list[NodeReply]:
+        return self._node.each_primary(args)
 
     def close(self) -> None:
         self._node.close()

@@ -38,6 +38,7 @@ from typing import Any, TypeVar, cast
 import anyio
 import hiredis
 
+from chat_state.backend.interface import NodeReply
 from chat_state.backend.policy import SCAN_COUNT
 from chat_state.backend.replies import scan_pattern
 from chat_state.core.commands import Args
@@ -350,12 +351,26 @@ class Node:
                 await asyncio.shield(link.closed)
 
 
+async def _timed(address: Address, node: Node, args: Args) -> NodeReply:
+    """``args`` on ``node``: its reply (or failure) and how long it took."""
+    started = _monotonic()
+    try:
+        reply = await node.call(None, args)
+    except (ServerError, ConnectionLost) as exc:
+        reply = exc
+    return NodeReply(str(address), reply, _monotonic() - started)
+
+
 class Standalone:
     """One server at a fixed address: its node's ``call`` is the router's."""
 
     def __init__(self, address: Address, settings: Settings) -> None:
+        self.address = address
         self.node = Node(address, settings)
         self.call = self.node.call  # no frame in between
+
+    async def each_primary(self, args: Args) -> list[NodeReply]:
+        return [await _timed(self.address, self.node, args)]
 
     def scan(self, pattern: str) -> AsyncIterator[str]:
         return self.node.scan(pattern)
@@ -431,6 +446,13 @@ class Routed:
             async for key in self._nodes.get(address).scan(pattern):
                 yield key
 
+    async def each_primary(self, args: Args) -> list[NodeReply]:
+        await self._follow(self._routes.ready())
+        return [
+            await _timed(address, self._nodes.get(address), args)
+            for address in self._routes.primaries()
+        ]
+
     async def aclose(self) -> None:
         for node in self._nodes.take_all():
             await node.aclose()
@@ -455,6 +477,9 @@ class MultiplexedBackend:
 
     def scan(self, prefix: str) -> AsyncIterator[str]:
         return self._router.scan(scan_pattern(prefix))
+
+    def each_primary(self, args: Args) -> Awaitable[list[NodeReply]]:
+        return self._router.each_primary(args)
 
     async def aclose(self) -> None:
         await self._router.aclose()

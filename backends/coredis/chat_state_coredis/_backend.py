@@ -84,6 +84,7 @@ def _script(run: Callable[[Any], Callable[..., Awaitable[Any]]]) -> Callable[...
 #: The commands chat-state sends (see chat_state.backend.interface), as coredis calls.
 _COMMANDS: dict[str, Callable[[Any, Args], Awaitable[Any]]] = {
     "PING": lambda client, args: client.ping(),
+    "HELLO": lambda client, args: client.hello(),
     "GET": lambda client, args: client.get(args[1]),
     "SET": _set,
     "DEL": lambda client, args: client.delete([args[1]]),

@@ -87,6 +87,13 @@ async def _close_in(token: anyio.lowlevel.EventLoopToken, backend: AsyncBackend)
         await anyio.to_thread.run_sync(close, abandon_on_cancel=True)
 
 
+def _system_of(hint: str) -> str:
+    """The server a URL's scheme and backend, or a client's module, suggest."""
+    if hint.startswith(("memory", "chat_state.memory")):
+        return "memory"
+    return "valkey" if "valkey" in hint else "redis"
+
+
 class _Facade(Generic[B]):
     """What both facades share: configuration, key layout, repr, connection slot."""
 
@@ -112,6 +119,7 @@ class _Facade(Generic[B]):
                 raise ConfigurationError("pass either a client or a url (and driver), not both")
             adopted = factory_for_client(client, self._adopt)
             self._opener: Callable[[], B] = lambda: adopted
+            self._system = _system_of(type(client).__module__)
             return
         if url is None:
             url = next((os.environ[v] for v in _URL_VARIABLES if os.environ.get(v)), None)
@@ -121,6 +129,7 @@ class _Facade(Generic[B]):
         factory = factory_for_url(url, driver)
         factory.validate_url(url)
         self._url = url
+        self._system = _system_of(f"{url.partition('://')[0]} {getattr(factory, 'name', '')}")
         self._opener = functools.partial(self._open, factory, url)
 
     @classmethod
@@ -183,6 +192,25 @@ class _Facade(Generic[B]):
         where = f"url={redact_url(self._url)!r}" if self._url else "client=<given>"
         state = "connected" if self._backend is not None else "not connected"
         return f"{type(self).__name__}({where}, key_prefix={self.key_prefix!r}) [{state}]"
+
+    #: The server's name (``redis``, ``valkey``, ``memory``), as guessed from the URL
+    #: and client library, then as the server says (HELLO): telemetry's db.system.name.
+    _system = "redis"
+    _identified = False  # whether the server said it
+
+    def _identify(self, reply: Any) -> None:
+        """Learn the server's name from its HELLO ``reply``."""
+        server = identity(reply)[0]
+        if server:
+            self._system, self._identified = server.lower(), True
+
+    def _new_backend(self) -> B:
+        """A new backend, told this adapter's logger (its optional ``use_logger``)."""
+        backend = self._opener()
+        use_logger = getattr(backend, "use_logger", None)
+        if use_logger is not None:
+            use_logger(self._logger)
+        return backend
 
     def _connected(self) -> B:
         backend = self._backend
@@ -268,6 +296,8 @@ class _Facade(Generic[B]):
     def _health(self, pings: list[NodeReply], hellos: list[NodeReply]) -> Health:
         """:meth:`health`'s value from each primary's PING and HELLO."""
         said = {h.address: identity(h.reply) for h in hellos if not isinstance(h.reply, Exception)}
+        for hello in hellos[:1]:
+            self._identify(hello.reply)
         nodes = tuple(
             NodeHealth(p.address, False, None, error=str(p.reply))
             if isinstance(p.reply, BaseException)
@@ -343,7 +373,7 @@ class State(_Facade[Backend]):
                     raise attempt.error
                 continue
             try:
-                backend = self._opener()
+                backend = self._new_backend()
                 try:
                     backend.call(None, ops.PING)
                 except BaseException:
@@ -725,7 +755,7 @@ class AsyncState(_Facade[AsyncBackend]):
         """The connection attempt that concurrent callers of connect() wait for."""
         attempt = self._attempt = _Attempt(anyio.Event(), loop=here)
         try:
-            backend, self._parked = self._parked or self._opener(), None
+            backend, self._parked = self._parked or self._new_backend(), None
             try:
                 await backend.call(None, ops.PING)
                 loop_end = LoopEnd(functools.partial(self._at_loop_end, backend))

@@ -31,6 +31,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .backend.events import emit
 from .backend.loops import current_loop, spawn_detached
 from .backend.policy import backoff
 from .core import operations as ops
@@ -133,7 +134,8 @@ def acquire_waiting(state: State, thread_id: str, ttl_ms: Any, wait_ms: int) -> 
     with _waiting(state._layout.lock(thread_id), woken.set):
         while True:
             woken.clear()  # before the try: a release after it wakes the wait below
-            lock = state.acquire_lock(thread_id, ttl_ms)
+            where, command, finish = ops.acquire_lock(state._layout, thread_id, ttl_ms)
+            lock = finish(state._call(where, command))  # (one try: not an operation)
             if lock is not None:
                 return lock
             delay = patience.delay(time.monotonic())
@@ -294,6 +296,8 @@ class _Renewal:
     def lose(self, why: str) -> None:
         # INFO: the block hears of it as LockLostError (at once, or when it ends).
         self.held._lose(why)
+        if why != REFUSED:  # (a refused extend_lock counts itself)
+            emit("lock_lost")
         self.state._logger.info(
             "chat-state lost the lock on thread %r: %s", self.held.thread_id, why
         )
@@ -310,8 +314,9 @@ def _lost_error(held: HeldLock) -> LockLostError:
 def _outcome(held: HeldLock, released: bool | None, raised: bool) -> None:
     """At the end of a block: mark the lock lost if the release found it gone, and raise
     LockLostError if it was lost, unless the block raised an exception of its own."""
-    if released is False:
+    if released is False and not held.lost:
         held._lose("it was no longer held under its token when the block ended")
+        emit("lock_lost")
     if held.lost and not raised:
         raise _lost_error(held) from None
 

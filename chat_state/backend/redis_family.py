@@ -62,6 +62,22 @@ class _Base:
             return NoScriptError(str(exc))
         return self._family.backend_error(exc, self._secrets)
 
+    def peer(self, key: str | None) -> tuple[str, int | None] | None:
+        """Where a command on ``key`` would go now, as far as the client tells."""
+        client = self._client
+        if isinstance(client, self._family.cluster_types):
+            try:
+                node = client.get_node_from_key(key) if key else client.get_default_node()
+            except self._family.errors:  # no slot table yet
+                return None
+            return None if node is None else (node.host, node.port)
+        kwargs = getattr(client.connection_pool, "connection_kwargs", {})
+        if "path" in kwargs:
+            return kwargs["path"], None
+        if "host" in kwargs:  # (a Sentinel group's primary is not known here)
+            return kwargs["host"], kwargs.get("port")
+        return None
+
     def _pattern(self, prefix: str) -> dict[str, Any]:
         return {"match": scan_pattern(prefix), **self._scan_kwargs}
 

@@ -18,6 +18,10 @@ class Address:
     def __str__(self) -> str:
         return self.path if self.path is not None else f"{self.host}:{self.port}"
 
+    def peer(self) -> tuple[str, int | None]:
+        """``(host, port)``, or ``(path, None)`` for a unix socket."""
+        return (self.path, None) if self.path is not None else (self.host, self.port)
+
     @classmethod
     def parse(cls, text: str) -> Address:
         """``host:port`` (as in a MOVED reply) → an address."""

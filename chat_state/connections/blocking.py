@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import hiredis
 
+from chat_state.backend.events import ConnectionEvents, Logger
 from chat_state.backend.interface import NodeReply
 from chat_state.backend.policy import SCAN_COUNT
 from chat_state.backend.replies import scan_pattern
@@ -147,10 +148,16 @@ class BlockingNode:
     """One server and blocking connections to it, one per thread in use."""
 
     def __init__(
-        self, address: Address, settings: Settings, *, attempts: int = CONNECT_ATTEMPTS
+        self,
+        address: Address,
+        settings: Settings,
+        events: ConnectionEvents,
+        *,
+        attempts: int = CONNECT_ATTEMPTS,
     ) -> None:
         self._address = address
         self._settings = settings
+        self._events = events
         self._attempts = attempts
         self._idle: list[_Link] = []  # list.pop / append are atomic: no lock needed
         self._pid = os.getpid()
@@ -163,9 +170,13 @@ class BlockingNode:
             if delay:
                 time.sleep(delay)
             try:
-                return _connect(self._address, self._settings)
+                link = _connect(self._address, self._settings)
             except (OSError, ConnectionLost) as exc:
                 last = describe(exc)
+                continue
+            self._events.connected(str(self._address))
+            return link
+        self._events.unreachable(str(self._address), last)
         raise ConnectFailed(f"cannot connect to {self._address}: {last}")
 
     def _take(self) -> _Link:
@@ -199,8 +210,10 @@ class BlockingNode:
         link = self._take()
         try:
             reply = link.call(commands)[-1]
-        except BaseException:  # a timeout, a failure or an interrupt: the stream is lost
-            link.close()
+        except BaseException as exc:  # a timeout, a failure or an interrupt: the stream
+            link.close()  # is lost
+            if isinstance(exc, ConnectionLost):
+                self._events.dropped(str(self._address), str(exc))
             raise
         with self._lock:
             if self._closed:
@@ -223,6 +236,9 @@ class BlockingNode:
     def each_primary(self, args: Args) -> list[NodeReply]:
         return [_timed(self._address, self, args)]
 
+    def peer(self, key: str | None) -> Address | None:
+        return self._address
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -235,11 +251,19 @@ class BlockingRouted:
     """A Sentinel group or a Cluster: its routes, followed on a :class:`BlockingNode` per
     server."""
 
-    def __init__(self, routes: Routes, settings: Settings, sentinel_settings: Settings) -> None:
+    def __init__(
+        self,
+        routes: Routes,
+        settings: Settings,
+        sentinel_settings: Settings,
+        events: ConnectionEvents,
+    ) -> None:
         self._routes = routes
+        self.peer = routes.peer
         chosen = {False: settings, True: sentinel_settings}
         self._nodes = NodeTable(
-            routes, lambda address, sentinel: BlockingNode(address, chosen[sentinel], attempts=1)
+            routes,
+            lambda address, sentinel: BlockingNode(address, chosen[sentinel], events, attempts=1),
         )
         self._refresh_lock = threading.Lock()  # one CLUSTER SLOTS read at a time
         self._pid = os.getpid()
@@ -309,8 +333,16 @@ class BlockingBackend:
 
     def __init__(self, plan: Plan) -> None:
         self._library = ClientOnDemand(plan.library_client)
+        self._events = plan.events
         self._node: BlockingNode | BlockingRouted = plan.build(BlockingNode, BlockingRouted)
         self.call = self._node.call
+
+    def use_logger(self, logger: Logger) -> None:
+        self._events.logger = logger
+
+    def peer(self, key: str | None) -> tuple[str, int | None] | None:
+        address = self._node.peer(key)
+        return None if address is None else address.peer()
 
     @property
     def client(self) -> Any:

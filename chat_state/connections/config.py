@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from chat_state.backend.errors import configuration_error
+from chat_state.backend.events import ConnectionEvents
 from chat_state.backend.urls import RedisURL
 from chat_state.core.commands import Args
 
@@ -100,19 +101,20 @@ class Plan:
     settings: Settings  # the data nodes'
     sentinel_settings: Settings  # the Sentinels' (used by a Sentinel group only)
     library_client: LibraryClient  # for get_client()
+    events: ConnectionEvents  # the routes' and the nodes'
     address: Address | None = None  # one server...
     routes: Routes | None = None  # ...or a Sentinel group or Cluster
 
     def build(
         self,
-        one: Callable[[Address, Settings], One],
-        routed: Callable[[Routes, Settings, Settings], Many],
+        one: Callable[[Address, Settings, ConnectionEvents], One],
+        routed: Callable[[Routes, Settings, Settings, ConnectionEvents], Many],
     ) -> One | Many:
         """A transport's router: ``one`` for one server, else ``routed`` on the routes."""
         if self.routes is None:
             assert self.address is not None
-            return one(self.address, self.settings)
-        return routed(self.routes, self.settings, self.sentinel_settings)
+            return one(self.address, self.settings, self.events)
+        return routed(self.routes, self.settings, self.sentinel_settings, self.events)
 
 
 def _tls(url: RedisURL) -> ssl.SSLContext | None:
@@ -143,12 +145,13 @@ def plan_for(url: RedisURL, library_client: LibraryClient) -> Plan:
     sentinel = url.sentinel_kwargs()
     sentinel_settings = Settings(*timeouts, sentinel["username"], sentinel["password"], tls=tls)
     hosts = [Address(host, port) for host, port in url.hosts]
-    plan = functools.partial(Plan, settings, sentinel_settings, library_client)
+    events = ConnectionEvents()
+    plan = functools.partial(Plan, settings, sentinel_settings, library_client, events)
     if url.topology == "cluster":
-        return plan(routes=ClusterRoutes(hosts, key_slot))
+        return plan(routes=ClusterRoutes(hosts, key_slot, events))
     if url.topology == "sentinel":
         assert url.service is not None
-        return plan(routes=SentinelRoutes(hosts, url.service))
+        return plan(routes=SentinelRoutes(hosts, url.service, events))
     if url.topology == "unix":
         return plan(address=Address(path=url.path))
     return plan(address=hosts[0])

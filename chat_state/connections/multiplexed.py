@@ -29,15 +29,17 @@ blocking connections of :mod:`~.blocking` follow too).
 from __future__ import annotations
 
 import asyncio
+import functools
 import select
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from time import monotonic as _monotonic
 from typing import Any, TypeVar, cast
 
 import anyio
 import hiredis
 
+from chat_state.backend.events import ConnectionEvents, Logger
 from chat_state.backend.interface import NodeReply
 from chat_state.backend.policy import SCAN_COUNT
 from chat_state.backend.replies import scan_pattern
@@ -88,6 +90,8 @@ class _Link(asyncio.Protocol):
         self._failure: str | None = None
         self._written_at = _monotonic()  # when the last write went out
         self.closed = self._loop.create_future()  # done once the transport is gone
+        #: Told the reason when the connection fails with commands in flight.
+        self.on_drop: Callable[[str], None] | None = None
 
     @property
     def usable(self) -> bool:
@@ -195,6 +199,8 @@ class _Link(asyncio.Protocol):
         for future in futures:
             if not future.done():
                 future.set_exception(ConnectionLost(self._failure))
+        if futures and not graceful and self.on_drop is not None:
+            self.on_drop(self._failure)
 
 
 def _readable(transport: asyncio.BaseTransport) -> bool:
@@ -248,10 +254,16 @@ class Node:
     """
 
     def __init__(
-        self, address: Address, settings: Settings, *, attempts: int = CONNECT_ATTEMPTS
+        self,
+        address: Address,
+        settings: Settings,
+        events: ConnectionEvents,
+        *,
+        attempts: int = CONNECT_ATTEMPTS,
     ) -> None:
         self._address = address
         self._settings = settings
+        self._events = events
         self._attempts = attempts
         self._link: _Link | None = None
         self._opening: asyncio.Future[_Link] | None = None
@@ -271,7 +283,11 @@ class Node:
                 link.fail("closed by chat-state")
                 raise ConnectFailed("the connection was closed by chat-state")
             self._link = link
+            address = str(self._address)
+            self._events.connected(address)
+            link.on_drop = functools.partial(self._events.dropped, address)
             return link
+        self._events.unreachable(str(self._address), last)
         raise ConnectFailed(f"cannot connect to {self._address}: {last}")
 
     def _opened(self, future: asyncio.Future[_Link]) -> None:
@@ -364,10 +380,13 @@ async def _timed(address: Address, node: Node, args: Args) -> NodeReply:
 class Standalone:
     """One server at a fixed address: its node's ``call`` is the router's."""
 
-    def __init__(self, address: Address, settings: Settings) -> None:
+    def __init__(self, address: Address, settings: Settings, events: ConnectionEvents) -> None:
         self.address = address
-        self.node = Node(address, settings)
+        self.node = Node(address, settings, events)
         self.call = self.node.call  # no frame in between
+
+    def peer(self, key: str | None) -> Address | None:
+        return self.address
 
     async def each_primary(self, args: Args) -> list[NodeReply]:
         return [await _timed(self.address, self.node, args)]
@@ -383,11 +402,18 @@ class Routed:
     """A Sentinel group or a Cluster: its routes (:mod:`~.routes`), followed on a
     :class:`Node` per server."""
 
-    def __init__(self, routes: Routes, settings: Settings, sentinel_settings: Settings) -> None:
+    def __init__(
+        self,
+        routes: Routes,
+        settings: Settings,
+        sentinel_settings: Settings,
+        events: ConnectionEvents,
+    ) -> None:
         self._routes = routes
+        self.peer = routes.peer
         chosen = {False: settings, True: sentinel_settings}
         self._nodes = NodeTable(
-            routes, lambda address, sentinel: Node(address, chosen[sentinel], attempts=1)
+            routes, lambda address, sentinel: Node(address, chosen[sentinel], events, attempts=1)
         )
         self._refreshing: asyncio.Future[None] | None = None  # the one CLUSTER SLOTS read
 
@@ -468,8 +494,16 @@ class MultiplexedBackend:
 
     def __init__(self, plan: Plan) -> None:
         self._library = ClientOnDemand(plan.library_client)
+        self._events = plan.events
         self._router: Standalone | Routed = plan.build(Standalone, Routed)
         self.call = self._router.call
+
+    def use_logger(self, logger: Logger) -> None:
+        self._events.logger = logger
+
+    def peer(self, key: str | None) -> tuple[str, int | None] | None:
+        address = self._router.peer(key)
+        return None if address is None else address.peer()
 
     @property
     def client(self) -> Any:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from chat_state.backend.events import ConnectionEvents
 from chat_state.backend.policy import backoff
 from chat_state.core.commands import Args
 
@@ -93,10 +94,14 @@ Route = Generator[Send | Pause | Refresh, Any, T]
 class SentinelRoutes:
     """The primary of ``service``, as the Sentinels name it."""
 
-    def __init__(self, sentinels: Sequence[Address], service: str) -> None:
+    def __init__(
+        self, sentinels: Sequence[Address], service: str, events: ConnectionEvents | None = None
+    ) -> None:
         self._sentinels = list(sentinels)
         self._service = service
+        self._events = events if events is not None else ConnectionEvents()
         self.primary: Address | None = None
+        self._named: Address | None = None  # the primary the Sentinels named last
         self.version = 0  # changes whenever the servers in use may have
 
     def _locate(self) -> Route[Address]:
@@ -117,6 +122,9 @@ class SentinelRoutes:
         """Know the primary."""
         if self.primary is None:
             self.primary = yield from self._locate()
+            if self._named is not None and self._named != self.primary:
+                self._events.new_primary(self._service, str(self._named), str(self.primary))
+            self._named = self.primary
             self.version += 1
 
     def call(self, key: str | None, args: Args) -> Route[Any]:
@@ -141,13 +149,23 @@ class SentinelRoutes:
     def primaries(self) -> list[Address]:
         return [] if self.primary is None else [self.primary]
 
+    def peer(self, key: str | None) -> Address | None:
+        """Where a command would go now (``None``: not known yet)."""
+        return self.primary
+
 
 class ClusterRoutes:
     """A Redis Cluster's slot table, and commands routed by their key's slot."""
 
-    def __init__(self, seeds: Sequence[Address], key_slot: Callable[[bytes], int]) -> None:
+    def __init__(
+        self,
+        seeds: Sequence[Address],
+        key_slot: Callable[[bytes], int],
+        events: ConnectionEvents | None = None,
+    ) -> None:
         self._seeds = list(seeds)
         self._key_slot = key_slot
+        self._events = events if events is not None else ConnectionEvents()
         self._slots: list[Address | None] = [None] * SLOTS
         self._stale = True
         self.version = 0  # changes whenever the table does
@@ -169,6 +187,7 @@ class ClusterRoutes:
                 )
             self._slots, self._stale = slots, False
             self.version += 1
+            self._events.slots_read([str(a) for a in self.primaries()])
             return
         raise ConnectFailed("no Cluster node answered (" + "; ".join(failures) + ")")
 
@@ -234,6 +253,13 @@ class ClusterRoutes:
                 self._stale = True  # a node failed; its replica may be the primary soon
                 raise
         raise last
+
+    def peer(self, key: str | None) -> Address | None:
+        """Where a command on ``key`` would go now (``None``: not known yet)."""
+        try:
+            return self._owner(key)
+        except ConnectFailed:
+            return None
 
     def primaries(self) -> list[Address]:
         """Every primary in the table."""

@@ -1,0 +1,338 @@
+"""chat_state.telemetry: spans and metrics, read back with the OpenTelemetry SDK's
+in-memory exporter and reader, on every target and both facades."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis.asyncio
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from chat_state import (
+    AsyncState,
+    NotConnectedError,
+    QueueEntry,
+    SerializationError,
+    State,
+    telemetry,
+)
+from chat_state.testing import RedisServer
+
+from .conftest import Target
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class Recorded:
+    spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
+
+    def finished(self) -> list[ReadableSpan]:
+        return list(self.spans.get_finished_spans())
+
+    def points(self, name: str) -> list[tuple[dict[str, Any], Any]]:
+        """(attributes, value or count) of every data point of the metric ``name``."""
+        data = self.metrics.get_metrics_data()
+        found: list[tuple[dict[str, Any], Any]] = []
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        for point in metric.data.data_points:
+                            value = getattr(point, "value", None) or getattr(point, "count", 0)
+                            found.append((dict(point.attributes or {}), value))
+        return found
+
+
+@pytest.fixture
+def recorded() -> Iterator[Recorded]:
+    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry.instrument(tracer_provider, MeterProvider(metric_readers=[reader]))
+    try:
+        yield Recorded(spans, reader)
+    finally:
+        telemetry.uninstrument()
+
+
+SECRET_VALUE = "v4lue-that-must-not-leak"
+SECRET_THREAD = "thread-that-must-not-leak"
+SECRET_KEY = "key-that-must-not-leak"
+
+
+async def run_every_operation(state: Any) -> str:
+    """Every operation once (with values and ids that must not leak); → the lock token."""
+    await state.subscribe(SECRET_THREAD)
+    await state.is_subscribed(SECRET_THREAD)
+    await state.unsubscribe(SECRET_THREAD)
+    lock = await state.acquire_lock(SECRET_THREAD, 30_000)
+    assert lock is not None
+    assert await state.acquire_lock(SECRET_THREAD, 30_000) is None
+    assert await state.extend_lock(lock, 30_000)
+    entry = QueueEntry(message={"text": SECRET_VALUE}, enqueued_at=1, expires_at=2**41)
+    assert await state.enqueue(SECRET_THREAD, entry, 10) == 1
+    await state.queue_depth(SECRET_THREAD)
+    await state.dequeue(SECRET_THREAD)
+    await state.release_lock(lock)
+    await state.force_release_lock(SECRET_THREAD)
+    await state.set(SECRET_KEY, {"v": SECRET_VALUE}, 60_000)
+    await state.set_if_not_exists(SECRET_KEY, SECRET_VALUE)
+    await state.get(SECRET_KEY)
+    await state.delete(SECRET_KEY)
+    await state.append_to_list(SECRET_KEY, SECRET_VALUE, max_length=5, ttl_ms=60_000)
+    await state.get_list(SECRET_KEY)
+    await state.delete(SECRET_KEY)
+    await state.ping()
+    await state.health()
+    return str(lock.token)
+
+
+SIMPLE = {
+    "subscribe": "SADD",
+    "unsubscribe": "SREM",
+    "is_subscribed": "SISMEMBER",
+    "acquire_lock": "SET",
+    "extend_lock": "EVALSHA",
+    "enqueue": "EVALSHA",
+    "queue_depth": "LLEN",
+    "dequeue": "LPOP",
+    "release_lock": "EVALSHA",
+    "force_release_lock": "DEL",
+    "set": "SET",
+    "set_if_not_exists": "SET",
+    "get": "GET",
+    "delete": "DEL",
+    "append_to_list": "EVALSHA",
+    "get_list": "LRANGE",
+    "ping": "PING",
+    "health": "PING",
+}
+
+
+def expected_system(target: Target) -> str:
+    if target.topology == "memory":
+        return "memory"
+    if target.driver == "coredis" and target.topology == "cluster":
+        return "redis"  # coredis's cluster client answers HELLO with no server name
+    return "valkey" if target.spec.server == "valkey-server" else "redis"
+
+
+async def test_every_operation_is_one_client_span_with_the_conventions(
+    recorded: Recorded, make_state: Callable[..., Any], target: Target
+) -> None:
+    state = make_state()
+    await state.connect()
+    try:
+        token = await run_every_operation(state)
+    finally:
+        await state.disconnect()
+    spans = recorded.finished()
+    names = [span.name for span in spans]
+    assert names.count("chat_state.connect") == 1
+    twice = ("acquire_lock", "delete")
+    for operation in SIMPLE:
+        want = 2 if operation in twice else 1
+        assert names.count(f"chat_state.{operation}") == want, operation
+    system = expected_system(target)
+    for span in spans:
+        attributes = dict(span.attributes or {})
+        operation = span.name.removeprefix("chat_state.")
+        assert span.kind is SpanKind.CLIENT
+        assert span.status.status_code is StatusCode.UNSET
+        assert attributes["chat_state.operation"] == operation
+        assert attributes["chat_state.key_prefix"] == target.prefix
+        assert attributes["db.system.name"] == system, span.name
+        if operation in SIMPLE:
+            assert attributes["db.operation.name"] == SIMPLE[operation], span.name
+        if system != "memory":
+            assert attributes["db.namespace"] == "0"
+        told = target.topology in ("standalone", "cluster") and target.driver != "coredis"
+        if told and operation in SIMPLE and operation not in ("ping", "health"):
+            assert isinstance(attributes["server.address"], str), span.name
+            assert isinstance(attributes["server.port"], int), span.name
+    leaks = (SECRET_VALUE, SECRET_THREAD, SECRET_KEY, token)
+    for span in spans:
+        text = json.dumps(dict(span.attributes or {})) + json.dumps(
+            [dict(event.attributes or {}) for event in span.events]
+        )
+        assert not any(leak in text for leak in leaks), span.name
+
+
+async def test_metrics_count_durations_lock_outcomes_and_queue_depth(
+    recorded: Recorded, make_state: Callable[..., Any], target: Target
+) -> None:
+    state = make_state()
+    await state.connect()
+    try:
+        await run_every_operation(state)
+    finally:
+        await state.disconnect()
+    durations = recorded.points("db.client.operation.duration")
+    counted = {(a["chat_state.operation"], a["chat_state.outcome"]): n for a, n in durations}
+    assert counted[("get", "ok")] == 1
+    assert counted[("acquire_lock", "ok")] == 2
+    assert counted[("delete", "ok")] == 2
+    outcomes = {
+        a["chat_state.lock.outcome"]: n for a, n in recorded.points("chat_state.lock.outcomes")
+    }
+    assert outcomes == {"acquired": 1, "contended": 1, "renewed": 1}
+    assert [n for _, n in recorded.points("chat_state.queue.depth")] == [1]
+
+
+@pytest.mark.targets(["memory", "redis-server/standalone/redis-py"])
+async def test_a_failed_operation_has_error_status_and_type(
+    recorded: Recorded, make_state: Callable[..., Any]
+) -> None:
+    state = make_state()
+    await state.connect()
+    try:
+        with pytest.raises(SerializationError):  # refused before anything is sent
+            await state.set(SECRET_KEY, object())
+    finally:
+        await state.disconnect()
+    with pytest.raises(NotConnectedError):
+        await state.get_list(SECRET_KEY)
+    failed = [s for s in recorded.finished() if s.status.status_code is StatusCode.ERROR]
+    assert [s.name for s in failed] == ["chat_state.set", "chat_state.get_list"]
+    assert failed[0].attributes is not None
+    assert failed[0].attributes["error.type"] == "chat_state.errors.SerializationError"
+    assert failed[1].attributes is not None
+    assert failed[1].attributes["error.type"] == "chat_state.errors.NotConnectedError"
+    assert all(SECRET_KEY not in (s.status.description or "") for s in failed)
+    errors = [
+        a
+        for a, _ in recorded.points("db.client.operation.duration")
+        if a["chat_state.outcome"] == "error"
+    ]
+    assert {a["chat_state.operation"] for a in errors} == {"get_list", "set"}
+
+
+@pytest.mark.targets(["memory", "redis-server/standalone/redis-py"])
+async def test_composite_operations_are_parents_of_theirs(
+    recorded: Recorded, make_state: Callable[..., Any]
+) -> None:
+    state = make_state()
+    await state.connect()
+    try:
+        lock = await state.acquire_lock("composite", 30_000)
+        assert lock is not None
+        assert await state.release_and_recheck(lock, 30_000) is None
+    finally:
+        await state.disconnect()
+    spans = {span.name: span for span in recorded.finished()}
+    outer = spans["chat_state.release_and_recheck"]
+    for inner in ("chat_state.release_lock", "chat_state.queue_depth"):
+        parent = spans[inner].parent
+        assert parent is not None
+        assert parent.span_id == outer.context.span_id, inner
+
+
+@pytest.mark.targets(["redis-server/standalone/redis-py"])
+async def test_a_waiting_acquire_is_one_span(
+    recorded: Recorded, make_state: Callable[..., Any]
+) -> None:
+    holder, waiter = make_state(), make_state()
+    await holder.connect()
+    await waiter.connect()
+    try:
+        assert await holder.acquire_lock("waited", 200) is not None
+        assert await waiter.acquire_lock("waited", 30_000, wait_ms=2_000) is not None
+    finally:
+        await holder.force_release_lock("waited")
+        await holder.disconnect()
+        await waiter.disconnect()
+    names = [s.name for s in recorded.finished()]
+    assert names.count("chat_state.acquire_lock") == 2  # the holder's and the waiter's
+    outcomes = {
+        a["chat_state.lock.outcome"]: n for a, n in recorded.points("chat_state.lock.outcomes")
+    }
+    assert outcomes == {"acquired": 2}
+
+
+@pytest.mark.targets(["redis-server/standalone/redis-py", "valkey-server/standalone/valkey-py"])
+async def test_a_client_passed_in_is_traced(recorded: Recorded, target: Target) -> None:
+    client = redis.asyncio.Redis.from_url("redis://" + target.url.partition("://")[2])
+    state = AsyncState(client=client, key_prefix=target.prefix)
+    try:
+        await state.connect()
+        await state.set("k", 1)
+        await state.delete("k")
+        await state.disconnect()
+    finally:
+        await client.aclose()
+    spans = [s for s in recorded.finished() if s.name == "chat_state.set"]
+    assert len(spans) == 1
+    attributes = dict(spans[0].attributes or {})
+    assert attributes["db.system.name"] == expected_system(target)
+    assert attributes["db.operation.name"] == "SET"
+    assert isinstance(attributes["server.port"], int)
+
+
+def test_uninstrument_stops_every_span_and_metric() -> None:
+    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    originals = {name: State.__dict__[name] for name in ("get", "_call", "connect")}
+    telemetry.instrument(provider, MeterProvider(metric_readers=[reader]))
+    assert telemetry.is_instrumented()
+    telemetry.uninstrument()
+    assert not telemetry.is_instrumented()
+    assert {name: State.__dict__[name] for name in originals} == originals
+    with State.from_url("memory://") as state:
+        state.set("k", 1)
+        assert state.get("k") == 1
+    assert spans.get_finished_spans() == ()
+    data = reader.get_metrics_data()
+    points = [
+        point
+        for resource in (data.resource_metrics if data else [])
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    ]
+    assert points == []
+
+
+def test_instrumenting_again_replaces_the_providers() -> None:
+    first, second = InMemorySpanExporter(), InMemorySpanExporter()
+    providers = []
+    for exporter in (first, second):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        providers.append(provider)
+    try:
+        telemetry.instrument(providers[0])
+        telemetry.instrument(providers[1])
+        with State.from_url("memory://") as state:
+            state.get("k")
+    finally:
+        telemetry.uninstrument()
+    assert [s.name for s in first.get_finished_spans()] == []
+    assert [s.name for s in second.get_finished_spans()] == ["chat_state.connect", "chat_state.get"]
+    assert State.__dict__["get"].__qualname__ == "State.get"
+
+
+def test_no_password_reaches_any_attribute(recorded: Recorded) -> None:
+    with RedisServer(["--requirepass", "s3cret-pw"]) as server:
+        url = server.url.replace("redis://", "redis://:s3cret-pw@")
+        for driver in ("redis", "valkey"):
+            for own in ("", "?own_connections=false"):
+                with State.from_url(url + own, driver=driver) as state:
+                    state.set("k", "v")
+                    state.health()
+    spans = recorded.finished()
+    assert len(spans) == 12
+    for span in spans:
+        assert "s3cret-pw" not in json.dumps(dict(span.attributes or {}))
+        assert "s3cret-pw" not in (span.status.description or "")

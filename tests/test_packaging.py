@@ -93,6 +93,7 @@ PROVIDERS = {
     "anyio": "anyio",
     "coredis": "coredis",
     "hiredis": "hiredis",
+    "opentelemetry": "opentelemetry-api",
     "redis": "redis",
     "trio": "trio",
     "valkey": "valkey",
@@ -267,6 +268,15 @@ def test_a_backend_takes_every_core_patch_of_its_minor_version(backend: str) -> 
     assert not requirement.extras
     core = Version(version("chat-state"))
     _same_minor_only(requirement.specifier, core, f"{backend}'s chat-state requirement")
+
+
+def test_the_otel_extra_declares_what_the_telemetry_module_imports() -> None:
+    """``chat_state.telemetry`` imports OpenTelemetry optionally (guarded): ``[otel]``
+    brings it, and nothing else does."""
+    optional = {i.module for i in third_party_imports("chat-state") if i.optional}
+    assert "opentelemetry" in optional
+    assert "opentelemetry-api" in declared("chat-state", "otel")
+    assert "opentelemetry-api" not in declared("chat-state")
 
 
 @pytest.mark.parametrize(("extra", "backend"), list(EXTRAS.items()))

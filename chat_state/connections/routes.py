@@ -26,9 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from chat_state.backend.events import ConnectionEvents
 from chat_state.backend.policy import backoff
 from chat_state.core.commands import Args
 
@@ -91,15 +90,36 @@ class Refresh:
 Route = Generator[Send | Pause | Refresh, Any, T]
 
 
+class RouteEvents(Protocol):
+    """Told when the servers in use move (:class:`chat_state.backend.events.ConnectionEvents`
+    is one; the routes name no logger or lock of their own)."""
+
+    def new_primary(self, service: str, old: str, new: str) -> None:
+        """The Sentinels named ``new`` the primary of ``service`` instead of ``old``."""
+
+    def slots_read(self, primaries: list[str]) -> None:
+        """A Cluster's slot table was read; ``primaries``: the primaries it names."""
+
+
+class _Untold:
+    """The :class:`RouteEvents` of routes that nobody listens to."""
+
+    def new_primary(self, service: str, old: str, new: str) -> None:
+        pass
+
+    def slots_read(self, primaries: list[str]) -> None:
+        pass
+
+
 class SentinelRoutes:
     """The primary of ``service``, as the Sentinels name it."""
 
     def __init__(
-        self, sentinels: Sequence[Address], service: str, events: ConnectionEvents | None = None
+        self, sentinels: Sequence[Address], service: str, events: RouteEvents | None = None
     ) -> None:
         self._sentinels = list(sentinels)
         self._service = service
-        self._events = events if events is not None else ConnectionEvents()
+        self._events: RouteEvents = events if events is not None else _Untold()
         self.primary: Address | None = None
         self._named: Address | None = None  # the primary the Sentinels named last
         self.version = 0  # changes whenever the servers in use may have
@@ -161,11 +181,11 @@ class ClusterRoutes:
         self,
         seeds: Sequence[Address],
         key_slot: Callable[[bytes], int],
-        events: ConnectionEvents | None = None,
+        events: RouteEvents | None = None,
     ) -> None:
         self._seeds = list(seeds)
         self._key_slot = key_slot
-        self._events = events if events is not None else ConnectionEvents()
+        self._events: RouteEvents = events if events is not None else _Untold()
         self._slots: list[Address | None] = [None] * SLOTS
         self._stale = True
         self.version = 0  # changes whenever the table does

@@ -415,7 +415,9 @@ class State(_Facade[Backend]):
 
         For raw commands of your own. With chat-state's own connections (the default
         for redis-py and valkey-py) it is a client for the same server(s), made on
-        first use and closed by :meth:`disconnect`; a client you passed in is itself.
+        first use; a client you passed in is itself. :meth:`disconnect` closes every
+        connection of a client the adapter made (the client libraries open one again
+        if such a client is used after: ask again after the next :meth:`connect`).
         """
         return self._connected().client
 
@@ -863,8 +865,10 @@ class AsyncState(_Facade[AsyncBackend]):
 
         For raw commands of your own, in the event loop that connected this adapter.
         With chat-state's own connections (the default for redis-py and valkey-py) it
-        is a client for the same server(s), made on first use and closed by
-        :meth:`disconnect`; a client you passed in is itself.
+        is a client for the same server(s), made on first use; a client you passed in
+        is itself. :meth:`disconnect` closes every connection of a client the adapter
+        made (the client libraries open one again if such a client is used after: ask
+        again after the next :meth:`connect`).
         """
         return self._connected().client
 

@@ -34,6 +34,7 @@ from chat_state.testing import (
 )
 
 from . import targets
+from .otel import recorded  # noqa: F401  (the fixture, for every test module)
 from .targets import SERVER_NAMES, SERVER_TARGETS, TARGETS, TargetSpec
 
 __all__ = [

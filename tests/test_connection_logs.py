@@ -1,5 +1,6 @@
 """Connection events on the adapter's logger: one WARNING per outage, one INFO line on
-recovery, however many commands fail meanwhile (chat-state's own connections)."""
+recovery, however many commands fail meanwhile, and the reconnect counted
+(chat-state's own connections)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pytest
 from chat_state import AsyncState, BackendError, State
 from chat_state.backend.events import ConnectionEvents
 from chat_state.testing import RedisServer
+
+from .otel import Recorded
 
 pytestmark = pytest.mark.anyio
 
@@ -36,17 +39,20 @@ def lines(caplog: pytest.LogCaptureFixture, logger: str) -> list[tuple[int, str]
     return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == logger]
 
 
-def check_one_outage(found: list[tuple[int, str]], address: str) -> None:
+def check_one_outage(found: list[tuple[int, str]], address: str, recorded: Recorded) -> None:
+    """One WARNING, one INFO line on recovery, and the reconnect counted."""
     warnings = [m for level, m in found if level == logging.WARNING]
     recoveries = [m for level, m in found if level == logging.INFO and "reconnected" in m]
     assert len(warnings) == 1, found
     assert address in warnings[0]
     assert len(recoveries) == 1, found
     assert f"reconnected to {address} after" in recoveries[0]
+    # The first connection opened again ends the outage: one reconnect.
+    assert recorded.total("chat_state.connection.reconnects", {"server.address": address}) == 1
 
 
 def test_state_logs_an_outage_under_load_once(
-    server: RedisServer, caplog: pytest.LogCaptureFixture
+    server: RedisServer, caplog: pytest.LogCaptureFixture, recorded: Recorded
 ) -> None:
     logger = logging.getLogger("test.outage.sync")
     caplog.set_level(logging.DEBUG, logger=logger.name)
@@ -75,11 +81,11 @@ def test_state_logs_an_outage_under_load_once(
         for worker in workers:
             worker.join()
     assert len(failures) > 1  # many commands failed; one warning told the operator
-    check_one_outage(lines(caplog, logger.name), f"127.0.0.1:{server.port}")
+    check_one_outage(lines(caplog, logger.name), f"127.0.0.1:{server.port}", recorded)
 
 
 async def test_async_state_logs_an_outage_under_load_once(
-    server: RedisServer, caplog: pytest.LogCaptureFixture, anyio_backend: str
+    server: RedisServer, caplog: pytest.LogCaptureFixture, anyio_backend: str, recorded: Recorded
 ) -> None:
     if anyio_backend != "asyncio":
         pytest.skip("chat-state's own asyncio connections run on asyncio")
@@ -109,7 +115,7 @@ async def test_async_state_logs_an_outage_under_load_once(
             await anyio.sleep(0.2)
             done.set()
     assert len(failures) > 1
-    check_one_outage(lines(caplog, logger.name), f"127.0.0.1:{server.port}")
+    check_one_outage(lines(caplog, logger.name), f"127.0.0.1:{server.port}", recorded)
 
 
 def test_a_server_never_reached_is_no_outage(caplog: pytest.LogCaptureFixture) -> None:

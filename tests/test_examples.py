@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,3 +43,38 @@ def test_sync_worker(url: str) -> None:
     output = run_example("sync_worker.py", url)
     assert "config: {'greeting': 'hi', 'languages': ['en', 'fr']}" in output
     assert "1 of 4 workers got the thread's lock" in output
+
+
+def _documents(output: str) -> list[dict[str, Any]]:
+    """The JSON documents the console exporters printed, one after another."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while (at := output.find("{", at)) >= 0:
+        document, at = decoder.raw_decode(output, at)
+        found.append(document)
+    return found
+
+
+def test_telemetry_console(url: str) -> None:
+    output = run_example("telemetry_console.py", url)
+    documents = _documents(output)
+    spans = [d for d in documents if "context" in d]
+    assert [s["name"] for s in spans] == [
+        f"chat_state.{name}"
+        for name in (
+            "connect", "subscribe", "set_if_not_exists", "acquire_lock",
+            "append_to_list", "release_lock", "health",
+        )
+    ]  # fmt: skip
+    system = "memory" if url == "memory://" else "redis"
+    for span in spans:
+        attributes = span["attributes"]
+        assert span["kind"] == "SpanKind.CLIENT"
+        assert attributes["db.system.name"] == system
+        assert attributes["chat_state.key_prefix"] == "demo-bot"
+    (metrics,) = [d for d in documents if "resource_metrics" in d]
+    scopes = [scope for r in metrics["resource_metrics"] for scope in r["scope_metrics"]]
+    names = {metric["name"] for scope in scopes for metric in scope["metrics"]}
+    assert {"db.client.operation.duration", "chat_state.lock.outcomes"} <= names
+    # Neither the value nor the thread id is anywhere in what was exported.
+    assert "s3cr3t" not in output
+    assert "1700000000" not in output

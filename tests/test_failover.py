@@ -11,6 +11,7 @@ summary under "fault-test figures"; they are measurements, not assertions.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -26,6 +27,7 @@ from chat_state.core.operations import now_ms
 from chat_state.testing import AdminClient, Cluster, RedisServer, SentinelGroup, key_slot
 
 from .conftest import FIGURES, SERVERS, AsAsync, _unavailable
+from .otel import Recorded
 
 HOT = "{hot}"  # a hash tag: every key of the load lives in one Cluster slot
 LOAD_KEYS = 20
@@ -90,10 +92,10 @@ def binary(request: pytest.FixtureRequest) -> str:
     return path
 
 
-def _adapter(url: str, facade: str, prefix: str) -> Any:
+def _adapter(url: str, facade: str, prefix: str, logger: logging.Logger | None = None) -> Any:
     if facade == "sync":
-        return AsAsync(State.from_url(url, key_prefix=prefix))
-    return AsyncState.from_url(url, key_prefix=prefix)
+        return AsAsync(State.from_url(url, key_prefix=prefix, logger=logger))
+    return AsyncState.from_url(url, key_prefix=prefix, logger=logger)
 
 
 def _in_thread(load: Load) -> threading.Thread:
@@ -174,6 +176,10 @@ def sentinel_group(binary: str) -> Iterator[SentinelGroup]:
         yield group
 
 
+#: The load's logger: what the routes tell on it is checked (the adapter's ``logger=``).
+LOAD_LOGGER = "test.failover.load"
+
+
 def _kill_under_load(
     url: str, facade: str, primary: RedisServer, admin: AdminClient, title: str
 ) -> None:
@@ -181,7 +187,7 @@ def _kill_under_load(
     prefix = f"fo-{facade}"
     _seed(url, prefix)
     _wait_replicated(admin)
-    load = Load(_adapter(url, facade, prefix))
+    load = Load(_adapter(url, facade, prefix, logging.getLogger(LOAD_LOGGER)))
     worker = _in_thread(load)
     time.sleep(0.5)
     killed_at = time.monotonic()
@@ -194,15 +200,35 @@ def _kill_under_load(
     assert not worker.is_alive()
 
 
+def _told(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The INFO lines the load's adapter logged."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == LOAD_LOGGER and r.levelno == logging.INFO
+    ]
+
+
 @pytest.mark.parametrize("facade", ["sync", "async"])
-def test_sentinel_primary_killed_under_load(sentinel_group: SentinelGroup, facade: str) -> None:
+def test_sentinel_primary_killed_under_load(
+    sentinel_group: SentinelGroup, facade: str, caplog: pytest.LogCaptureFixture, recorded: Recorded
+) -> None:
     group = sentinel_group
     old_primary = group.primary
     title = f"Sentinel ({_name(group.binary)}, {facade})"
+    caplog.set_level(logging.INFO, logger=LOAD_LOGGER)
     _kill_under_load(group.url, facade, old_primary, group.client(old_primary), title)
     group.wait_healthy(30)
     assert group.primary is not old_primary
     _check_seeded(group.url, f"fo-{facade}")
+    # The failover, told once on the adapter's logger and counted once.
+    followed = [line for line in _told(caplog) if "follows a failover" in line]
+    assert len(followed) == 1, _told(caplog)
+    assert f"127.0.0.1:{group.primary.port} the primary of 'mymaster'" in followed[0]
+    assert f"(was 127.0.0.1:{old_primary.port})" in followed[0]
+    assert (
+        recorded.total("chat_state.connection.failovers", {"chat_state.topology": "sentinel"}) == 1
+    )
 
 
 @pytest.fixture
@@ -212,13 +238,23 @@ def cluster(binary: str) -> Iterator[Cluster]:
 
 
 @pytest.mark.parametrize("facade", ["sync", "async"])
-def test_cluster_primary_killed_under_load(cluster: Cluster, facade: str) -> None:
+def test_cluster_primary_killed_under_load(
+    cluster: Cluster, facade: str, caplog: pytest.LogCaptureFixture, recorded: Recorded
+) -> None:
     hot_primary = cluster.node_for_key(HOT)
     title = f"Cluster ({_name(cluster.binary)}, {facade})"
+    caplog.set_level(logging.INFO, logger=LOAD_LOGGER)
     _kill_under_load(cluster.url, facade, hot_primary, cluster.client(hot_primary), title)
     cluster.wait_healthy(30)
-    assert cluster.node_for_key(HOT) is not hot_primary
+    new_primary = cluster.node_for_key(HOT)
+    assert new_primary is not hot_primary
     _check_seeded(cluster.url, f"fo-{facade}")
+    # The slot table read again names the promoted replica, and the move is counted once.
+    reloads = [line for line in _told(caplog) if "slot table again" in line]
+    assert any(f"new: 127.0.0.1:{new_primary.port}" in line for line in reloads), reloads
+    assert (
+        recorded.total("chat_state.connection.failovers", {"chat_state.topology": "cluster"}) == 1
+    )
 
 
 def _migrate_slot(cluster: Cluster, slot: int, source: RedisServer, target: RedisServer) -> int:

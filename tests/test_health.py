@@ -16,9 +16,9 @@ import redis
 
 from chat_state import AsyncState, BackendError, Health, State
 from chat_state.core.health import identity
-from chat_state.testing import Cluster, RedisServer
+from chat_state.testing import Cluster, RedisServer, SentinelGroup
 
-from .conftest import Target
+from .conftest import AsAsync, Target
 from .test_own_connections import paused
 
 pytestmark = pytest.mark.anyio
@@ -144,6 +144,68 @@ async def test_a_cluster_with_a_paused_primary_is_not_ok(facade: str) -> None:
         assert not health.ok
         assert [n.ok for n in health.nodes].count(False) == 1
         assert len(health.nodes) == 3
+
+
+@pytest.mark.parametrize(
+    ("facade", "own"),
+    [("sync", True), ("async", True), ("sync", False)],
+    ids=["sync-own", "async-own", "sync-redis-py"],
+)
+async def test_sentinel_health_follows_a_paused_then_killed_primary(
+    facade: str, own: bool, anyio_backend: str
+) -> None:
+    if anyio_backend != "asyncio":
+        pytest.skip("the Sentinel group is driven from asyncio (trio adds nothing here)")
+    # No failover meanwhile: the Sentinels wait a minute before they call the primary down.
+    with SentinelGroup(down_after_ms=60_000) as group:
+        url = short_timeout(group.url) + ("" if own else "&own_connections=false")
+        state: Any = AsAsync(State.from_url(url)) if facade == "sync" else AsyncState.from_url(url)
+        primary = group.primary
+        address = f"127.0.0.1:{primary.port}"
+        await state.connect()
+        try:
+            health = await state.health()
+            assert health.ok
+            assert health.topology == "sentinel"
+            if own:  # the client library's pool does not say where its commands went
+                assert [n.address for n in health.nodes] == [address]
+            with paused(primary):
+                with anyio.fail_after(10 * TIMEOUT_S + 5), pytest.raises(BackendError):
+                    await state.ping()
+                assert not (await state.health()).ok
+            assert await state.ping() > 0
+            primary.kill()
+            with anyio.fail_after(10 * TIMEOUT_S + 10), pytest.raises(BackendError):
+                await state.ping()
+            assert not (await state.health()).ok
+            primary.restart()
+            assert (await state.health()).ok
+        finally:
+            await state.disconnect()
+
+
+@pytest.mark.parametrize("facade", ["sync", "async"])
+@pytest.mark.parametrize("library", ["redis", "valkey"])
+async def test_a_timed_out_command_leaves_no_reply_for_the_next(
+    facade: str, library: str, anyio_backend: str
+) -> None:
+    """A Sentinel client of the library's (``own_connections=false``) whose command timed
+    out reads no late reply as the next command's (redis-py's blocking one did)."""
+    if anyio_backend != "asyncio":
+        pytest.skip("the client libraries' asyncio clients run on asyncio")
+    with SentinelGroup(down_after_ms=60_000) as group:
+        url = short_timeout(group.url.replace("redis", library, 1)) + "&own_connections=false"
+        state: Any = AsAsync(State.from_url(url)) if facade == "sync" else AsyncState.from_url(url)
+        await state.connect()
+        try:
+            await state.set("a", "A")
+            await state.set("b", "B")
+            with paused(group.primary), pytest.raises(BackendError):
+                await state.get("a")  # its reply comes once the server resumes
+            await anyio.sleep(0.2)
+            assert [await state.get("b"), await state.get("a")] == ["B", "A"]
+        finally:
+            await state.disconnect()
 
 
 def _server_at(cluster: Cluster, address: str) -> RedisServer:

@@ -4,21 +4,24 @@ in-memory exporter and reader, on every target and both facades."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio
+from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from chat_state import (
     AsyncState,
+    LockLostError,
     NotConnectedError,
     QueueEntry,
     SerializationError,
@@ -28,42 +31,9 @@ from chat_state import (
 from chat_state.testing import RedisServer
 
 from .conftest import Target
+from .otel import Recorded
 
 pytestmark = pytest.mark.anyio
-
-
-@dataclass
-class Recorded:
-    spans: InMemorySpanExporter
-    metrics: InMemoryMetricReader
-
-    def finished(self) -> list[ReadableSpan]:
-        return list(self.spans.get_finished_spans())
-
-    def points(self, name: str) -> list[tuple[dict[str, Any], Any]]:
-        """(attributes, value or count) of every data point of the metric ``name``."""
-        data = self.metrics.get_metrics_data()
-        found: list[tuple[dict[str, Any], Any]] = []
-        for resource in data.resource_metrics if data else []:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    if metric.name == name:
-                        for point in metric.data.data_points:
-                            value = getattr(point, "value", None) or getattr(point, "count", 0)
-                            found.append((dict(point.attributes or {}), value))
-        return found
-
-
-@pytest.fixture
-def recorded() -> Iterator[Recorded]:
-    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    telemetry.instrument(tracer_provider, MeterProvider(metric_readers=[reader]))
-    try:
-        yield Recorded(spans, reader)
-    finally:
-        telemetry.uninstrument()
 
 
 SECRET_VALUE = "v4lue-that-must-not-leak"
@@ -218,6 +188,15 @@ async def test_a_failed_operation_has_error_status_and_type(
     assert {a["chat_state.operation"] for a in errors} == {"get_list", "set"}
 
 
+def assert_parent(recorded: Recorded, outer: str, inner: list[str]) -> None:
+    """The span of the operation ``outer`` is the parent of its ``inner`` operations'."""
+    spans = {span.name.removeprefix("chat_state."): span for span in recorded.finished()}
+    parents = {name: spans[name].parent for name in inner}
+    assert {name: p and p.span_id for name, p in parents.items()} == dict.fromkeys(
+        inner, spans[outer].context.span_id
+    )
+
+
 @pytest.mark.targets(["memory", "redis-server/standalone/redis-py"])
 async def test_composite_operations_are_parents_of_theirs(
     recorded: Recorded, make_state: Callable[..., Any]
@@ -230,12 +209,16 @@ async def test_composite_operations_are_parents_of_theirs(
         assert await state.release_and_recheck(lock, 30_000) is None
     finally:
         await state.disconnect()
-    spans = {span.name: span for span in recorded.finished()}
-    outer = spans["chat_state.release_and_recheck"]
-    for inner in ("chat_state.release_lock", "chat_state.queue_depth"):
-        parent = spans[inner].parent
-        assert parent is not None
-        assert parent.span_id == outer.context.span_id, inner
+    assert_parent(recorded, "release_and_recheck", ["release_lock", "queue_depth"])
+    recorded.spans.clear()
+    await state.connect()
+    try:
+        entry = QueueEntry(message={}, enqueued_at=1, expires_at=2**41)
+        assert await state.enqueue_and_recheck("composite", entry, 10, 30_000) is not None
+    finally:
+        await state.force_release_lock("composite")
+        await state.disconnect()
+    assert_parent(recorded, "enqueue_and_recheck", ["enqueue", "acquire_lock"])
 
 
 @pytest.mark.targets(["redis-server/standalone/redis-py"])
@@ -336,3 +319,82 @@ def test_no_password_reaches_any_attribute(recorded: Recorded) -> None:
     for span in spans:
         assert "s3cret-pw" not in json.dumps(dict(span.attributes or {}))
         assert "s3cret-pw" not in (span.status.description or "")
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["own-connections", "redis-py-pool"])
+def test_redis_py_instrumentation_sees_the_commands_only_over_its_pool(
+    recorded: Recorded, redis_url: str, own: bool
+) -> None:
+    """OpenTelemetry's redis-py instrumentation wraps redis-py's ``execute_command``:
+    chat-state's own connections bypass it, its pool does not (each redis-py span then
+    under the chat-state span of its operation)."""
+    instrumentor = RedisInstrumentor()
+    instrumentor.instrument(tracer_provider=recorded.tracer_provider)
+    try:
+        url = redis_url if own else f"{redis_url}?own_connections=false"
+        with State.from_url(url, key_prefix="otel-redis-py") as state:
+            state.set("k", {"v": 1})
+            assert state.get("k") == {"v": 1}
+            state.delete("k")
+    finally:
+        instrumentor.uninstrument()
+    spans = recorded.finished()
+    ours = {s.context.span_id: s.name for s in spans if s.name.startswith("chat_state.")}
+    theirs = [s for s in spans if not s.name.startswith("chat_state.")]
+    assert sorted(ours.values()) == sorted(
+        f"chat_state.{name}" for name in ("connect", "set", "get", "delete")
+    )
+    if own:
+        assert theirs == []
+        return
+    # connect() sends PING, and HELLO to learn the server's name (instrumented only)
+    assert [s.name for s in theirs] == ["PING", "HELLO", "SET", "GET", "DEL"]
+    parents = [ours[s.parent.span_id] for s in theirs if s.parent is not None]
+    operations = ("connect", "connect", "set", "get", "delete")
+    assert parents == [f"chat_state.{name}" for name in operations]
+
+
+def lock_outcomes(recorded: Recorded) -> dict[str, int]:
+    points = recorded.points("chat_state.lock.outcomes")
+    return {a["chat_state.lock.outcome"]: n for a, n in points}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def lock_url(request: pytest.FixtureRequest) -> str:
+    return "memory://" if request.param == "memory" else str(request.getfixturevalue("redis_url"))
+
+
+def test_state_counts_the_locks_it_lost(recorded: Recorded, lock_url: str) -> None:
+    with State.from_url(lock_url, key_prefix="otel-lost") as state:
+        lock = state.acquire_lock("t", 30_000)
+        assert lock is not None
+        state.force_release_lock("t")
+        assert not state.extend_lock(lock, 30_000)  # found gone: lost
+        with pytest.raises(LockLostError), state.lock("t", 30_000):
+            state.force_release_lock("t")  # gone when the block ends: lost
+    assert lock_outcomes(recorded) == {"acquired": 2, "lost": 2}
+
+
+async def test_async_state_counts_the_locks_it_lost(recorded: Recorded, lock_url: str) -> None:
+    async with AsyncState.from_url(lock_url, key_prefix="otel-lost") as state:
+        with pytest.raises(LockLostError):
+            async with state.lock("t", 30_000):
+                await state.force_release_lock("t")
+        # A lock expired unrenewed while its block runs: lost once, told to the block.
+        with pytest.raises(LockLostError):
+            async with state.lock("t", timedelta(milliseconds=300), renew=False):
+                await anyio.sleep(0.5)
+    assert lock_outcomes(recorded) == {"acquired": 2, "lost": 2}
+
+
+async def test_a_cancelled_operation_is_counted_as_cancelled(recorded: Recorded) -> None:
+    async with AsyncState.from_url("memory://") as state:
+        assert await state.acquire_lock("t", 30_000) is not None
+        with anyio.move_on_after(0.2) as scope:
+            await state.acquire_lock("t", 30_000, wait_ms=5_000)  # held: it waits
+        assert scope.cancelled_caught
+    durations = recorded.points("db.client.operation.duration")
+    outcomes = [(a["chat_state.operation"], a["chat_state.outcome"]) for a, _ in durations]
+    assert ("acquire_lock", "cancelled") in outcomes
+    (waited,) = [s for s in recorded.finished() if s.name == "chat_state.acquire_lock"][1:]
+    assert waited.status.status_code is StatusCode.UNSET  # not the server's failure

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 __all__ = ["ConnectionEvents", "Listener", "add_listener", "emit", "remove_listener"]
 
@@ -54,7 +54,8 @@ def emit(name: str, **attributes: str) -> None:
         listener(name, attributes)
 
 
-Logger = logging.Logger | logging.LoggerAdapter[Any]
+#: (A string: ``LoggerAdapter`` takes a type argument only from Python 3.11.)
+Logger: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
 
 
 class ConnectionEvents:

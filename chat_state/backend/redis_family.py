@@ -145,6 +145,27 @@ class AsyncRedisBackend(_Base):
                 raise self._error(exc) from exc
 
 
+def _dropping_failed_reads(connection_class: type[Any]) -> type[Any]:
+    """``connection_class``, but a read that fails (a timeout above all) drops the
+    connection, as the library's other connections do.
+
+    redis-py's blocking ``SentinelManagedConnection`` reads with
+    ``disconnect_on_error=False``, and a timeout is not among the errors its retry
+    closes a connection for: the connection went back to the pool with the late reply
+    still unread, and the next command on it read that reply as its own (a ``GET b``
+    answered ``GET a``'s value, tested in ``tests/test_health.py``).
+    """
+
+    def read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("disconnect_on_error", True)
+        return super(dropping, self).read_response(*args, **kwargs)
+
+    dropping: type[Any] = type(
+        connection_class.__name__, (connection_class,), {"read_response": read_response}
+    )
+    return dropping
+
+
 class RedisFamily:
     """A :class:`~chat_state.backend.BackendFactory` for redis-py or valkey-py.
 
@@ -181,7 +202,14 @@ class RedisFamily:
         self.cluster_types = (self.sync_cluster, self.async_cluster)
         self._sync_node: type[Any] = sync_cluster.ClusterNode
         self._async_node: type[Any] = async_cluster.ClusterNode
-        self._sync_sentinel: type[Any] = load("sentinel").Sentinel
+        sentinel = load("sentinel")
+        self._sync_sentinel: type[Any] = sentinel.Sentinel
+        #: The blocking Sentinel client's connections, plain and TLS, made to drop a
+        #: connection whose read failed (see :func:`_dropping_failed_reads`).
+        self._sync_sentinel_connections: tuple[type[Any], type[Any]] = (
+            _dropping_failed_reads(sentinel.SentinelManagedConnection),
+            _dropping_failed_reads(sentinel.SentinelManagedSSLConnection),
+        )
         self._async_sentinel: type[Any] = load("asyncio.sentinel").Sentinel
         self._sync_retry: Callable[..., Any] = load("retry").Retry
         self._async_retry: Callable[..., Any] = load("asyncio.retry").Retry
@@ -226,6 +254,9 @@ class RedisFamily:
             return client, [client]
         if url.topology == "sentinel":
             sentinel_class = self._async_sentinel if asynchronous else self._sync_sentinel
+            if not asynchronous:  # the class says TLS or not (as the pool would choose)
+                plain, tls = self._sync_sentinel_connections
+                kwargs["connection_class"] = tls if kwargs.pop("ssl", False) else plain
             sentinel = sentinel_class(
                 list(url.hosts), sentinel_kwargs=url.sentinel_kwargs(), retry=retry, **kwargs
             )

@@ -26,7 +26,20 @@ from .errors import (
 from .facades import AsyncState, State
 from .locking import AsyncLockContext, LockContext
 from .memory import MemoryStore
-from .models import Health, HeldLock, Lock, LockLike, NodeHealth, QueueEntry, QueueEntryLike
+from .models import (
+    Health,
+    HeldLock,
+    Lock,
+    LockHolder,
+    LockInfo,
+    LockLike,
+    NodeHealth,
+    QueueEntry,
+    QueueEntryLike,
+    QueueInfo,
+    ServerStats,
+    StateStats,
+)
 
 __all__ = [
     "MAX_TTL_MS",
@@ -39,6 +52,8 @@ __all__ = [
     "HeldLock",
     "Lock",
     "LockContext",
+    "LockHolder",
+    "LockInfo",
     "LockLike",
     "LockLostError",
     "LockUnavailableError",
@@ -47,8 +62,11 @@ __all__ = [
     "NotConnectedError",
     "QueueEntry",
     "QueueEntryLike",
+    "QueueInfo",
     "SerializationError",
+    "ServerStats",
     "State",
+    "StateStats",
     "WrongLoopError",
 ]
 

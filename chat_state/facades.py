@@ -24,6 +24,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
+from . import inspection
 from .backend.interface import (
     Args,
     AsyncBackend,
@@ -49,7 +50,17 @@ from .locking import (
     acquire_waiting_async,
     wake,
 )
-from .models import Health, Lock, LockLike, NodeHealth, QueueEntry, QueueEntryLike
+from .models import (
+    Health,
+    Lock,
+    LockInfo,
+    LockLike,
+    NodeHealth,
+    QueueEntry,
+    QueueEntryLike,
+    QueueInfo,
+    StateStats,
+)
 
 __all__ = ["AsyncState", "State"]
 
@@ -637,6 +648,52 @@ class State(_Facade[Backend]):
         where, command, finish = ops.queue_depth(self._layout, thread_id)
         return finish(self._call(where, command))
 
+    # -- inspection (for operators; see "Operating a bot's state" in the README) ---
+
+    def iter_subscriptions(self) -> Iterator[str]:
+        """Every subscribed thread id, found with SSCAN (constant memory)."""
+        self._connected()
+        return inspection.iter_subscriptions(self)
+
+    def subscription_count(self) -> int:
+        """How many threads are subscribed."""
+        where, command, finish = ops.subscription_count(self._layout)
+        return finish(self._call(where, command))
+
+    def inspect_lock(self, thread_id: str) -> LockInfo | None:
+        """The thread's lock: its remaining TTL and whose it is (never its token), or
+        ``None`` if nobody holds it."""
+        where, command, finish = ops.lock_info(self._layout, thread_id)
+        return finish(self._script(where, command))
+
+    def iter_locks(self) -> Iterator[LockInfo]:
+        """Every lock held under this prefix, found with SCAN on every primary."""
+        self._connected()
+        return inspection.iter_locks(self)
+
+    def iter_queues(self) -> Iterator[QueueInfo]:
+        """Every thread queue under this prefix (depth, oldest entry's time), found with
+        SCAN on every primary."""
+        self._connected()
+        return inspection.iter_queues(self)
+
+    def peek_queue(self, thread_id: str, limit: int = 10) -> list[QueueEntry]:
+        """The ``limit`` oldest entries of the thread's queue, left in it."""
+        where, command, finish = ops.peek_queue(self._layout, thread_id, limit)
+        return finish(self._call(where, command))
+
+    def stats(self) -> StateStats:
+        """Counts of this prefix's subscriptions, locks, cache keys, lists, queues and
+        queued entries (one SCAN of its keys), the deepest queues, and each primary's
+        memory, rate and clients (``INFO``)."""
+        return inspection.stats(self)
+
+    def clear(self, *, allow_default_prefix: bool = False) -> int:
+        """Remove every key under this prefix (SCAN and UNLINK, on every primary); →
+        how many. Refuses the default prefix, which other bots may share, unless
+        ``allow_default_prefix=True``."""
+        return inspection.clear(self, allow_default_prefix)
+
 
 class AsyncState(_Facade[AsyncBackend]):
     """Chat-bot state for async code (asyncio; trio with memory and coredis).
@@ -974,6 +1031,12 @@ class AsyncState(_Facade[AsyncBackend]):
         where, command, finish = ops.acquire_lock(self._layout, thread_id, ttl_ms)
         return finish(await self._call(where, command))
 
+    async def _acquire_for_block(self, thread_id: str, ttl_ms: Any, wait_ms: Any) -> Lock | None:
+        """``lock()``'s acquire (its arguments checked): each try cancel-safe, even with
+        no wait (a grant that a cancellation cut off is released), unlike a plain
+        ``acquire_lock``, whose caller gets the Lock or nothing."""
+        return await acquire_waiting_async(self, thread_id, ttl_ms, wait_ms)
+
     async def release_lock(self, lock: LockLike) -> None:
         """Release ``lock`` if it is still held under its token; otherwise do nothing."""
         where, command, finish = ops.release_lock(self._layout, lock)
@@ -1090,3 +1153,50 @@ class AsyncState(_Facade[AsyncBackend]):
         """How many entries the thread's queue holds (expired ones included)."""
         where, command, finish = ops.queue_depth(self._layout, thread_id)
         return finish(await self._call(where, command))
+
+    # -- inspection (for operators; see "Operating a bot's state" in the README) ---
+
+    def iter_subscriptions(self) -> AsyncIterator[str]:
+        """Every subscribed thread id, found with SSCAN (constant memory):
+        ``async for thread_id in state.iter_subscriptions()``."""
+        self._connected()
+        return inspection.iter_subscriptions_async(self)
+
+    async def subscription_count(self) -> int:
+        """How many threads are subscribed."""
+        where, command, finish = ops.subscription_count(self._layout)
+        return finish(await self._call(where, command))
+
+    async def inspect_lock(self, thread_id: str) -> LockInfo | None:
+        """The thread's lock: its remaining TTL and whose it is (never its token), or
+        ``None`` if nobody holds it."""
+        where, command, finish = ops.lock_info(self._layout, thread_id)
+        return finish(await self._script(where, command))
+
+    def iter_locks(self) -> AsyncIterator[LockInfo]:
+        """Every lock held under this prefix, found with SCAN on every primary."""
+        self._connected()
+        return inspection.iter_locks_async(self)
+
+    def iter_queues(self) -> AsyncIterator[QueueInfo]:
+        """Every thread queue under this prefix (depth, oldest entry's time), found with
+        SCAN on every primary."""
+        self._connected()
+        return inspection.iter_queues_async(self)
+
+    async def peek_queue(self, thread_id: str, limit: int = 10) -> list[QueueEntry]:
+        """The ``limit`` oldest entries of the thread's queue, left in it."""
+        where, command, finish = ops.peek_queue(self._layout, thread_id, limit)
+        return finish(await self._call(where, command))
+
+    async def stats(self) -> StateStats:
+        """Counts of this prefix's subscriptions, locks, cache keys, lists, queues and
+        queued entries (one SCAN of its keys), the deepest queues, and each primary's
+        memory, rate and clients (``INFO``)."""
+        return await inspection.stats_async(self)
+
+    async def clear(self, *, allow_default_prefix: bool = False) -> int:
+        """Remove every key under this prefix (SCAN and UNLINK, on every primary); →
+        how many. Refuses the default prefix, which other bots may share, unless
+        ``allow_default_prefix=True``."""
+        return await inspection.clear_async(self, allow_default_prefix)

@@ -369,7 +369,7 @@ class AsyncLockContext:
             raise RuntimeError("a lock() context can be entered once: call lock() again")
         self._entered = True
         state = self._state
-        lock = await state.acquire_lock(self._thread_id, self._ttl_ms, wait_ms=self._wait_ms)
+        lock = await state._acquire_for_block(self._thread_id, self._ttl_ms, self._wait_ms)
         if lock is None:
             raise _unavailable(self._thread_id, self._wait_ms)
         held = self._held = HeldLock(lock)

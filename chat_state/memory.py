@@ -189,6 +189,13 @@ class MemoryStore:
             items: deque[str] | None = self._typed(key, deque)
             return len(items) if items else 0
 
+    def lindex(self, key: str, index: int) -> str | None:
+        with self.lock:
+            items: deque[str] | None = self._typed(key, deque)
+            if not items or not -len(items) <= index < len(items):
+                return None
+            return items[index]
+
     def lrange(self, key: str, start: int, stop: int) -> list[str]:
         with self.lock:
             items: deque[str] | None = self._typed(key, deque)
@@ -325,6 +332,12 @@ _COMMANDS: dict[str, Callable[[MemoryStore, Args], Any]] = {
     "SADD": lambda store, args: store.sadd(str(args[1]), str(args[2])),
     "SREM": lambda store, args: store.srem(str(args[1]), str(args[2])),
     "SISMEMBER": lambda store, args: int(store.sismember(str(args[1]), str(args[2]))),
+    # No memory, rate or client figures to tell: stats() reports them as unknown.
+    "INFO": lambda store, args: "# chat-state memory store\r\n",
+    "UNLINK": lambda store, args: sum(store.delete(str(key)) for key in args[1:]),
+    "SCARD": lambda store, args: len(store.smembers(str(args[1]))),
+    # One page: the whole set (the store is in this process; a cursor would add nothing).
+    "SSCAN": lambda store, args: ["0", sorted(store.smembers(str(args[1])))],
     "LPOP": lambda store, args: store.lpop(str(args[1])),
     "LLEN": lambda store, args: store.llen(str(args[1])),
     "LRANGE": lambda store, args: store.lrange(str(args[1]), int(args[2]), int(args[3])),

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 __all__ = [
     "Health",
     "HeldLock",
     "Lock",
+    "LockHolder",
+    "LockInfo",
     "LockLike",
     "NodeHealth",
     "QueueEntry",
     "QueueEntryLike",
+    "QueueInfo",
+    "ServerStats",
+    "StateStats",
 ]
 
 
@@ -137,8 +143,19 @@ class QueueEntry:
     message: Any
 
 
+class _Reported:
+    """A report that turns into plain JSON values (``--json`` in the command line)."""
+
+    __slots__ = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields, nested values included, as a dict of plain values."""
+        found: dict[str, Any] = asdict(self)  # type: ignore[call-overload]
+        return found
+
+
 @dataclass(frozen=True, slots=True)
-class NodeHealth:
+class NodeHealth(_Reported):
     """One server in use, as :meth:`~chat_state.State.health` found it.
 
     ``address`` is ``host:port`` (or a socket path); ``role`` is the server's own
@@ -154,7 +171,7 @@ class NodeHealth:
 
 
 @dataclass(frozen=True, slots=True)
-class Health:
+class Health(_Reported):
     """What :meth:`~chat_state.State.health` reports about the servers in use.
 
     ``ok``: every node answered. ``latency_ms``: the slowest node's PING round trip
@@ -170,3 +187,119 @@ class Health:
     nodes: tuple[NodeHealth, ...]
     server: str | None = None
     version: str | None = None
+
+
+# -- what the inspection operations report -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LockHolder(_Reported):
+    """Whose a lock is, told without its token (which would let anyone release it).
+
+    Attributes:
+        origin: What wrote the token: ``"chat-state"``, ``"state-ioredis"`` or
+            ``"state-redis"`` (the TypeScript adapters), ``"chat_sdk"`` (its Python
+            adapters), or ``"unknown"``.
+        fingerprint: 8 hex digits of the token's SHA-256: the same lock, the same
+            fingerprint; compare with :meth:`holds`.
+        acquired_at: Unix time in milliseconds at which the lock was taken, when the
+            token tells it (the TypeScript adapters' and chat_sdk's do), else ``None``.
+    """
+
+    origin: str
+    fingerprint: str
+    acquired_at: int | None = None
+
+    @staticmethod
+    def fingerprint_of(token: str) -> str:
+        """A token's fingerprint: 8 hex digits of its SHA-256 (no way back to it)."""
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+    def holds(self, lock: LockLike) -> bool:
+        """Whether this is the holder of ``lock`` (by its token's fingerprint)."""
+        return self.fingerprint_of(lock.token) == self.fingerprint
+
+    def __str__(self) -> str:
+        return f"{self.origin} #{self.fingerprint}"
+
+
+@dataclass(frozen=True, slots=True)
+class LockInfo(_Reported):
+    """A thread's lock as :meth:`~chat_state.State.inspect_lock` found it.
+
+    Attributes:
+        thread_id: The thread.
+        ttl_ms: Milliseconds until it expires (``-1``: it has no TTL, which only a
+            writer other than the adapters leaves).
+        holder: Whose it is.
+    """
+
+    thread_id: str
+    ttl_ms: int
+    holder: LockHolder
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo(_Reported):
+    """A thread's queue as :meth:`~chat_state.State.iter_queues` found it.
+
+    Attributes:
+        thread_id: The thread.
+        depth: How many entries it holds (expired ones included, as ``queue_depth``).
+        oldest_enqueued_at: Unix time in milliseconds at which its oldest entry was
+            queued (``None`` if that entry is not a queue entry).
+    """
+
+    thread_id: str
+    depth: int
+    oldest_enqueued_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStats(_Reported):
+    """One primary in use, from its ``INFO`` (``None`` where it did not say: memory://).
+
+    Attributes:
+        address: ``host:port`` (or the adapter's redacted URL where the backend cannot
+            tell the node).
+        used_memory_bytes: ``used_memory``: everything the server holds, not only this
+            prefix's keys.
+        ops_per_sec: ``instantaneous_ops_per_sec``, the server's recent rate.
+        connected_clients: ``connected_clients``.
+        error: Why it did not answer (``None`` when it did).
+    """
+
+    address: str
+    used_memory_bytes: int | None
+    ops_per_sec: int | None
+    connected_clients: int | None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateStats(_Reported):
+    """What :meth:`~chat_state.State.stats` counted under one key prefix.
+
+    Attributes:
+        prefix: The key prefix.
+        subscriptions: Subscribed threads.
+        locks: Locks held.
+        cache_keys: ``get``/``set`` keys.
+        lists: ``append_to_list`` lists.
+        queues: Thread queues.
+        queued_entries: Entries in all queues.
+        other_keys: Keys under the prefix that none of the above wrote.
+        deepest_queues: Up to 10 queues, deepest first.
+        servers: Each primary in use.
+    """
+
+    prefix: str
+    subscriptions: int
+    locks: int
+    cache_keys: int
+    lists: int
+    queues: int
+    queued_entries: int
+    other_keys: int
+    deepest_queues: tuple[QueueInfo, ...]
+    servers: tuple[ServerStats, ...]

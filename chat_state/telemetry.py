@@ -47,6 +47,7 @@ originals back: an adapter that is not instrumented runs exactly as before.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import time
@@ -66,7 +67,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 from .backend import events
 from .backend.urls import parse_redis_url
 from .core.health import HELLO
-from .errors import BackendError, ConfigurationError
+from .errors import ConfigurationError
 from .facades import AsyncState, State, _Facade
 
 __all__ = ["OPERATIONS", "instrument", "is_instrumented", "uninstrument"]
@@ -96,10 +97,18 @@ OPERATIONS = (
     "enqueue",
     "dequeue",
     "queue_depth",
+    # inspection (the iter_* walks are not spans: they yield while their caller works)
+    "subscription_count",
+    "inspect_lock",
+    "peek_queue",
+    "stats",
+    "clear",
 )
 #: The facades' methods to wrap → the operation each is (``lock()`` releases with
 #: ``_release_owned``).
 _METHODS = {**{name: name for name in OPERATIONS}, "_release_owned": "release_lock"}
+#: AsyncState's ``lock()`` acquires with ``_acquire_for_block`` (cancel-safe at any wait).
+_ASYNC_METHODS = {**_METHODS, "_acquire_for_block": "acquire_lock"}
 #: The first command of the operations that do not go through ``_call``.
 _FIRST_COMMAND = {"connect": "PING", "ping": "PING", "health": "PING"}
 #: Histogram buckets for operation durations (s): the semantic conventions' advice.
@@ -140,7 +149,7 @@ class _Instruments:
             description="New primaries: named by the Sentinels, or in a Cluster's slot table",
         )
 
-    def event(self, name: str, attributes: Mapping[str, str]) -> None:
+    def event(self, name: str, attributes: Mapping[str, str | int]) -> None:
         """A connection or lock event (:func:`chat_state.backend.events.emit`)."""
         if name == "reconnect":
             self.reconnects.add(1, dict(attributes))
@@ -248,8 +257,10 @@ class _Operation:
         tb: TracebackType | None,
     ) -> None:
         seconds = time.perf_counter() - self._started
-        context.detach(self._context)
-        _active.reset(self._token)
+        context.detach(self._context)  # (OpenTelemetry logs, never raises, a failure)
+        # (ValueError: a coroutine closed from another context, whose own is gone)
+        with contextlib.suppress(ValueError):
+            _active.reset(self._token)
         measured: dict[str, str] = {
             "db.system.name": self.state._system,
             "chat_state.operation": self.name,
@@ -314,21 +325,31 @@ def _traced_async(method: F, name: str) -> F:
     return traced  # type: ignore[return-value]
 
 
+def _unidentified(state: _Facade[Any], exc: Exception) -> None:
+    """HELLO failed: a server that has no HELLO keeps the guessed name for good; any
+    other failure (a timeout, a disconnect meanwhile) leaves the connect as it was and
+    the question for the next one."""
+    if "unknown command" in str(exc).lower():
+        state._identified = True
+    else:
+        state._logger.debug("chat-state could not ask the server its name: %s", exc)
+
+
 def _identify(state: State) -> None:
     """Ask the server its name (HELLO) once, for ``db.system.name``."""
     if not state._identified and state._system != "memory":
         try:
             state._identify(state._call(None, HELLO))
-        except BackendError:  # (a server before HELLO): the guess stands
-            state._identified = True
+        except Exception as exc:  # (never fails the connect that succeeded)
+            _unidentified(state, exc)
 
 
 async def _identify_async(state: AsyncState) -> None:
     if not state._identified and state._system != "memory":
         try:
             state._identify(await state._call(None, HELLO))
-        except BackendError:
-            state._identified = True
+        except Exception as exc:
+            _unidentified(state, exc)
 
 
 def _traced_call(call: Callable[..., Any]) -> Callable[..., Any]:
@@ -357,8 +378,11 @@ def instrument(tracer_provider: Any = None, meter_provider: Any = None) -> None:
     uninstrument()
     instruments = _Instruments(tracer_provider, meter_provider)
     _current.append(instruments)
-    for facade, wrap in ((State, _traced_sync), (AsyncState, _traced_async)):
-        for method, name in _METHODS.items():
+    for facade, wrap, methods in (
+        (State, _traced_sync, _METHODS),
+        (AsyncState, _traced_async, _ASYNC_METHODS),
+    ):
+        for method, name in methods.items():
             _replace(facade, method, wrap(facade.__dict__[method], name))
         _replace(facade, "_call", _traced_call(facade.__dict__["_call"]))
     events.add_listener(instruments.event)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -38,6 +38,21 @@ class Recorded:
                             value = getattr(point, "value", None) or getattr(point, "count", 0)
                             found.append((dict(point.attributes or {}), value))
         return found
+
+    def histogram(self, name: str) -> tuple[int, float]:
+        """(count, sum) of every recording of the histogram ``name``."""
+        data = self.metrics.get_metrics_data()
+        counts: list[int] = []
+        sums: list[float] = []
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        for point in metric.data.data_points:
+                            assert isinstance(point, HistogramDataPoint), name
+                            counts.append(point.count)
+                            sums.append(point.sum)
+        return sum(counts), sum(sums)
 
     def total(self, name: str, attributes: dict[str, Any]) -> Any:
         """The sum of the metric ``name``'s points that have ``attributes``."""

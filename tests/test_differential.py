@@ -121,12 +121,23 @@ class Blocking:
         method = getattr(self._state, name)
         return lambda *args, **kwargs: self._thread.run(method(*args, **kwargs))
 
-    def iter_keys(self) -> list[str]:
-        async def collect() -> list[str]:
-            return [key async for key in self._state.iter_keys()]
+    def _collected(self, name: str) -> list[Any]:
+        """What the async iterator ``name`` yields, as a list."""
 
-        result: list[str] = self._thread.run(collect())
+        async def collect() -> list[Any]:
+            return [item async for item in getattr(self._state, name)()]
+
+        result: list[Any] = self._thread.run(collect())
         return result
+
+    def iter_keys(self) -> list[str]:
+        return self._collected("iter_keys")
+
+    def iter_subscriptions(self) -> list[str]:
+        return self._collected("iter_subscriptions")
+
+    def iter_queues(self) -> list[Any]:
+        return self._collected("iter_queues")
 
 
 class MemoryAndRedis(RuleBasedStateMachine):
@@ -228,6 +239,31 @@ class MemoryAndRedis(RuleBasedStateMachine):
     @rule(thread=NAMES, name=st.sampled_from(["dequeue", "queue_depth"]))
     def queue(self, thread: str, name: str) -> None:
         self.both(name, thread)
+
+    # -- inspection (the lock_info and queue_info scripts' twins against their Lua) -----
+
+    @rule(thread=NAMES)
+    def inspect_lock(self, thread: str) -> None:
+        on_memory = outcome(lambda: self.memory.inspect_lock(thread))
+        on_redis = outcome(lambda: self.redis.inspect_lock(thread))
+        if on_memory[0] != "ok" or on_memory[1] is None or on_redis[1] is None:
+            assert on_memory == on_redis
+            return
+        # The same holder kind and a TTL within the clocks' drift (the tokens differ).
+        mine, theirs = on_memory[1], on_redis[1]
+        assert (mine.thread_id, mine.holder.origin) == (theirs.thread_id, theirs.holder.origin)
+        assert abs(mine.ttl_ms - theirs.ttl_ms) <= TTL_SLACK_MS
+
+    @rule(thread=NAMES, limit=st.sampled_from([1, 2, 100, 0, -1, True]))
+    def peek_queue(self, thread: str, limit: Any) -> None:
+        self.both("peek_queue", thread, limit)
+
+    @rule()
+    def inspect_everything(self) -> None:
+        for name in ("iter_subscriptions", "iter_queues"):
+            on_memory = sorted(getattr(self.memory, name)(), key=repr)
+            assert on_memory == sorted(getattr(self.redis, name)(), key=repr), name
+        self.both("subscription_count")
 
     # -- the end: the same key space ------------------------------------------------------
 

@@ -127,7 +127,10 @@ async def test_every_operation_is_one_client_span_with_the_conventions(
             assert attributes["db.operation.name"] == SIMPLE[operation], span.name
         if system != "memory":
             assert attributes["db.namespace"] == "0"
-        told = target.topology in ("standalone", "cluster") and target.driver != "coredis"
+        own = target.driver is None and "own_connections=false" not in target.url
+        told = target.driver != "coredis" and (
+            target.topology in ("standalone", "cluster") or (target.topology == "sentinel" and own)
+        )  # (a pooled Sentinel client does not say which primary it used)
         if told and operation in SIMPLE and operation not in ("ping", "health"):
             assert isinstance(attributes["server.address"], str), span.name
             assert isinstance(attributes["server.port"], int), span.name
@@ -157,7 +160,15 @@ async def test_metrics_count_durations_lock_outcomes_and_queue_depth(
         a["chat_state.lock.outcome"]: n for a, n in recorded.points("chat_state.lock.outcomes")
     }
     assert outcomes == {"acquired": 1, "contended": 1, "renewed": 1}
-    assert [n for _, n in recorded.points("chat_state.queue.depth")] == [1]
+    assert recorded.histogram("chat_state.queue.depth") == (1, 1)
+    state = make_state()
+    await state.connect()
+    try:
+        entry = QueueEntry(message={}, enqueued_at=1, expires_at=2**41)
+        assert [await state.enqueue("deep", entry, 10) for _ in range(3)] == [1, 2, 3]
+    finally:
+        await state.disconnect()
+    assert recorded.histogram("chat_state.queue.depth") == (4, 1 + 1 + 2 + 3)  # the depths
 
 
 @pytest.mark.targets(["memory", "redis-server/standalone/redis-py"])
@@ -398,3 +409,30 @@ async def test_a_cancelled_operation_is_counted_as_cancelled(recorded: Recorded)
     assert ("acquire_lock", "cancelled") in outcomes
     (waited,) = [s for s in recorded.finished() if s.name == "chat_state.acquire_lock"][1:]
     assert waited.status.status_code is StatusCode.UNSET  # not the server's failure
+
+
+@pytest.mark.targets(["memory", "redis-server/standalone/redis-py"])
+async def test_inspection_operations_are_spans_that_leak_nothing(
+    recorded: Recorded, make_state: Callable[..., Any]
+) -> None:
+    state = make_state()
+    await state.connect()
+    try:
+        lock = await state.acquire_lock(SECRET_THREAD, 30_000)
+        assert lock is not None
+        assert await state.inspect_lock(SECRET_THREAD) is not None
+        assert await state.subscription_count() == 0
+        assert await state.peek_queue(SECRET_THREAD) == []
+        assert (await state.stats()).locks == 1
+        assert await state.clear() == 1
+    finally:
+        await state.disconnect()
+    spans = {s.name: s for s in recorded.finished()}
+    first = {"inspect_lock": "EVALSHA", "subscription_count": "SCARD", "peek_queue": "LRANGE"}
+    for name, command in first.items():
+        assert dict(spans[f"chat_state.{name}"].attributes or {})["db.operation.name"] == command
+    assert {"chat_state.stats", "chat_state.clear"} <= spans.keys()
+    for span in spans.values():
+        text = json.dumps(dict(span.attributes or {}))
+        assert SECRET_THREAD not in text
+        assert lock.token not in text

@@ -32,7 +32,7 @@ __all__ = ["ConnectionEvents", "Listener", "add_listener", "emit", "remove_liste
 
 #: Told of every counted event: its name (``"reconnect"``, ``"failover"``,
 #: ``"lock_lost"``) and its attributes.
-Listener = Callable[[str, Mapping[str, str]], None]
+Listener = Callable[[str, Mapping[str, str | int]], None]
 
 _listeners: list[Listener] = []
 
@@ -48,13 +48,22 @@ def remove_listener(listener: Listener) -> None:
         _listeners.remove(listener)
 
 
-def emit(name: str, **attributes: str) -> None:
+def emit(name: str, **attributes: str | int) -> None:
     """Tell every listener of the event ``name``."""
     for listener in list(_listeners):
         listener(name, attributes)
 
 
 #: (A string: ``LoggerAdapter`` takes a type argument only from Python 3.11.)
+def _server(address: str) -> dict[str, str | int]:
+    """``host:port`` (or a socket's path) as the conventions' ``server.address`` and
+    ``server.port``."""
+    host, colon, port = address.rpartition(":")
+    if colon and port.isdigit():
+        return {"server.address": host.strip("[]"), "server.port": int(port)}
+    return {"server.address": address}
+
+
 Logger: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
 
 
@@ -104,7 +113,7 @@ class ConnectionEvents:
             self.logger.info("chat-state reconnected to %s after %.1f s", address, outage)
         else:
             self.logger.debug("chat-state reconnected to %s at once", address)
-        emit("reconnect", **{"server.address": address})
+        emit("reconnect", **_server(address))
 
     def new_primary(self, service: str, old: str, new: str) -> None:
         """The Sentinels named ``new`` the primary of ``service`` instead of ``old``."""
@@ -124,10 +133,11 @@ class ConnectionEvents:
         if before is None:
             self.logger.debug("chat-state read the Cluster's slot table: %d primaries", len(now))
             return
+        new = sorted(now - before)
         self.logger.info(
             "chat-state read the Cluster's slot table again: %d primaries%s",
             len(now),
-            "" if now == before else f" (new: {', '.join(sorted(now - before)) or 'none'})",
+            f" (new: {', '.join(new)})" if new else "",
         )
-        if now != before:
+        if new:  # (a node that left, or a table read half-way, promotes nobody)
             emit("failover", topology="cluster")

@@ -6,8 +6,10 @@ command's words (``("SET", "chat-sdk:cache:k", '"v"', "PX", 60000, "NX")``) and
 command with no key, such as ``PING``). The commands are those the operations of
 :mod:`chat_state.core.operations` build, and nothing else: ``PING``, ``GET``,
 ``SET`` (with ``PX`` and ``NX``), ``DEL``, ``SADD``, ``SREM``, ``SISMEMBER``,
-``LPOP``, ``LLEN``, ``LRANGE``, ``EVALSHA`` and ``EVAL``, and ``HELLO`` without
-arguments (health checks).
+``LPOP``, ``LLEN``, ``LRANGE``, ``EVALSHA`` and ``EVAL``, ``HELLO`` without
+arguments (health checks), and for the operators' inspection ``SCARD``, ``SSCAN``
+(``key cursor COUNT n``), ``UNLINK`` (keys of one slot) and ``INFO`` without
+arguments (its text, or a client library's dict of it).
 
 A backend returns replies normalised as the operations read them: text as
 ``str`` (bytes that are not UTF-8 as U+FFFD), integers as ``int``, nil as ``None``,
@@ -21,7 +23,7 @@ then send the ``EVAL`` once.
 A backend may also have ``each_primary(args)``: run the command on every primary it
 uses (each of a Cluster's, the one a Sentinel names, the one server) and return a
 :class:`NodeReply` for each, the reply or the :class:`BackendError` it got; health
-checks use it. Without it, they send one command through ``call``.
+checks and ``stats()`` use it. Without it, they send one command through ``call``.
 
 The sync and async protocols close with different method names (``close`` /
 ``aclose``), so no class satisfies both by accident.

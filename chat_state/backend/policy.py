@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from chat_state.core.commands import SCAN_COUNT
+
 __all__ = ["BACKOFF_BASE_S", "BACKOFF_CAP_S", "RETRIES", "SCAN_COUNT", "backoff"]
 
 #: Times a command is tried again when no connection could be opened for it (a command
@@ -10,8 +12,6 @@ RETRIES = 3
 #: The backoff between tries: exponential from BACKOFF_BASE_S, capped at BACKOFF_CAP_S.
 BACKOFF_BASE_S = 0.025
 BACKOFF_CAP_S = 0.25
-#: Keys a SCAN step asks for.
-SCAN_COUNT = 1000
 
 
 def backoff(attempt: int) -> float:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["Arg", "Args", "script_call", "set_options"]
+__all__ = ["SCAN_COUNT", "Arg", "Args", "script_call", "set_options"]
 
 #: One word of a command: text, or an integer (sent as its decimal text).
 Arg = str | int
 #: One command: its name, then its arguments.
 Args = tuple[Arg, ...]
+#: Keys (or set members) one SCAN (or SSCAN) step asks for.
+SCAN_COUNT = 1000
 
 
 def set_options(args: Args) -> tuple[int | None, bool]:

@@ -28,6 +28,7 @@ class Layout:
 
     __slots__ = (
         "_cache",
+        "_kinds",
         "_list",
         "_lock",
         "_queue",
@@ -57,6 +58,12 @@ class Layout:
         self._cache = f"{self.prefix}:cache:"
         self._list = f"{self.prefix}:list:"
         self._queue = f"{self.prefix}:queue:"
+        self._kinds = {
+            "lock": self._lock,
+            "cache": self._cache,
+            "list": self._list,
+            "queue": self._queue,
+        }
 
     def lock(self, thread_id: str) -> str:
         return self._lock + thread_id
@@ -69,3 +76,19 @@ class Layout:
 
     def queue(self, thread_id: str) -> str:
         return self._queue + thread_id
+
+    def kinds(self) -> dict[str, str]:
+        """Each kind of key → what its keys start with (the subscriptions are one key)."""
+        return dict(self._kinds)
+
+    def parse(self, key: str) -> tuple[str, str]:
+        """A key of this state → ``(kind, name)``: ``("lock", thread_id)``,
+        ``("cache", key)``, ``("list", key)``, ``("queue", thread_id)``,
+        ``("subscriptions", "")``, or ``("other", the rest)`` for one that none of the
+        operations writes (or another prefix's)."""
+        if key == self.subscriptions:
+            return "subscriptions", ""
+        for kind, start in self._kinds.items():
+            if key.startswith(start) and len(key) > len(start):
+                return kind, key[len(start) :]
+        return "other", key.removeprefix(self.all)

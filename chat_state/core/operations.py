@@ -21,12 +21,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from chat_state.models import Lock, QueueEntry
+from chat_state.errors import SerializationError
+from chat_state.models import Lock, LockInfo, QueueEntry, QueueInfo
 
 from . import codec
-from .commands import Args
+from .commands import SCAN_COUNT, Args
+from .inspection import holder_of
 from .layout import Layout
-from .scripts import EXTEND, PUSH, RELEASE, Script
+from .scripts import EXTEND, LOCK_INFO, PUSH, QUEUE_INFO, RELEASE, SCRIPTS, Script
 from .validate import (
     MAX_TTL_MS,
     check_list_ttl,
@@ -37,7 +39,7 @@ from .validate import (
     check_ttl,
 )
 
-__all__ = ["PING", "Prepared", "evaluated", "now_ms"]
+__all__ = ["INFO", "PING", "Prepared", "evaluated", "now_ms"]
 
 T = TypeVar("T")
 
@@ -48,6 +50,8 @@ Prepared = tuple[str | None, Args, Callable[[Any], T]]
 QUEUE_MIN_TTL_MS = 60_000
 #: What asks a server whether it answers (connect() sends it).
 PING: Args = ("PING",)
+#: What asks a server how it is (its memory, clients and rate: :meth:`stats`).
+INFO: Args = ("INFO",)
 
 
 def now_ms() -> int:
@@ -68,11 +72,8 @@ def _script(script: Script, key: str, *argv: str | int) -> Args:
 def evaluated(args: Args) -> Args:
     """The ``EVAL`` of an ``EVALSHA`` command: its script's full source, for a server
     that lost its script cache (NOSCRIPT). Sending it caches the script there again."""
-    script = _BY_SHA[str(args[1])]
+    script = SCRIPTS[str(args[1])]
     return ("EVAL", script.source, *args[2:])
-
-
-_BY_SHA = {script.sha: script for script in (RELEASE, EXTEND, PUSH)}
 
 
 # -- what replies become ------------------------------------------------------------------
@@ -235,3 +236,79 @@ def dequeue(layout: Layout, thread_id: str) -> Prepared[QueueEntry | None]:
 def queue_depth(layout: Layout, thread_id: str) -> Prepared[int]:
     queue_key = layout.queue(check_name("thread_id", thread_id))
     return queue_key, ("LLEN", queue_key), _count
+
+
+# -- inspection (for operators: none of these writes, except clear's UNLINK) -------------
+
+
+def _text(reply: Any) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+def _lock_info(thread_id: str, reply: Any) -> LockInfo | None:
+    if reply is None:
+        return None
+    return LockInfo(thread_id, int(reply[1]), holder_of(_text(reply[0])))
+
+
+def lock_info(layout: Layout, thread_id: str) -> Prepared[LockInfo | None]:
+    """The thread's lock: its TTL and holder (one script: both read at one instant)."""
+    return lock_info_at(layout.lock(check_name("thread_id", thread_id)), thread_id)
+
+
+def lock_info_at(key: str, thread_id: str) -> Prepared[LockInfo | None]:
+    """:func:`lock_info` of a lock key a scan found (its thread id as the key has it)."""
+    return key, _script(LOCK_INFO, key), functools.partial(_lock_info, thread_id)
+
+
+def _enqueued_at(text: str) -> int | None:
+    try:
+        return codec.decode_queue_entry(text).enqueued_at
+    except SerializationError:
+        return None
+
+
+def _queue_info(thread_id: str, reply: Any) -> QueueInfo | None:
+    if reply is None:
+        return None
+    return QueueInfo(thread_id, int(reply[0]), _enqueued_at(_text(reply[1])))
+
+
+def queue_info_at(key: str, thread_id: str) -> Prepared[QueueInfo | None]:
+    """A queue key's depth and oldest entry (one script: both read at one instant)."""
+    return key, _script(QUEUE_INFO, key), functools.partial(_queue_info, thread_id)
+
+
+def _entries(reply: Any) -> list[QueueEntry]:
+    return [codec.decode_queue_entry(_text(text)) for text in reply]
+
+
+def peek_queue(layout: Layout, thread_id: str, limit: int) -> Prepared[list[QueueEntry]]:
+    """The thread's ``limit`` oldest queue entries, left in the queue."""
+    queue_key = layout.queue(check_name("thread_id", thread_id))
+    if type(limit) is not int or limit < 1:
+        raise ValueError(f"limit must be an int of at least 1, not {limit!r}")
+    return queue_key, ("LRANGE", queue_key, 0, limit - 1), _entries
+
+
+def subscription_count(layout: Layout) -> Prepared[int]:
+    key = layout.subscriptions
+    return key, ("SCARD", key), _count
+
+
+def _page(reply: Any) -> tuple[str, list[str]]:
+    cursor, members = reply[0], reply[1]
+    return str(int(cursor)), [_text(member) for member in members]
+
+
+def subscriptions_page(layout: Layout, cursor: str) -> Prepared[tuple[str, list[str]]]:
+    """One SSCAN page of the subscribed threads: → (the next cursor, the members);
+    ``"0"`` starts and ends the walk."""
+    key = layout.subscriptions
+    return key, ("SSCAN", key, cursor, "COUNT", SCAN_COUNT), _page
+
+
+def unlink(keys: list[str]) -> Prepared[int]:
+    """Remove ``keys`` (freed in the background on a server): → how many were there.
+    On a Cluster they must share a slot."""
+    return keys[0], ("UNLINK", *keys), _count

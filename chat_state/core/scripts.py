@@ -13,9 +13,19 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["EXTEND", "PUSH", "RELEASE", "SCRIPTS", "Script", "ScriptHost", "sha1_of"]
+__all__ = [
+    "EXTEND",
+    "LOCK_INFO",
+    "PUSH",
+    "QUEUE_INFO",
+    "RELEASE",
+    "SCRIPTS",
+    "Script",
+    "ScriptHost",
+    "sha1_of",
+]
 
 
 class ScriptHost(Protocol):
@@ -26,9 +36,12 @@ class ScriptHost(Protocol):
     def pexpire(self, key: str, ttl_ms: int) -> int: ...
     def rpush(self, key: str, value: str) -> int: ...
     def ltrim(self, key: str, start: int, stop: int) -> None: ...
+    def pttl(self, key: str) -> int: ...
+    def llen(self, key: str) -> int: ...
+    def lindex(self, key: str, index: int) -> str | None: ...
 
 
-Twin = Callable[[ScriptHost, Sequence[str], Sequence[str]], int]
+Twin = Callable[[ScriptHost, Sequence[str], Sequence[str]], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +96,21 @@ def _push(host: ScriptHost, keys: Sequence[str], argv: Sequence[str]) -> int:
     return length
 
 
+def _lock_info(host: ScriptHost, keys: Sequence[str], argv: Sequence[str]) -> list[Any] | None:
+    token = host.get(keys[0])
+    return None if token is None else [token, host.pttl(keys[0])]
+
+
+def _queue_info(host: ScriptHost, keys: Sequence[str], argv: Sequence[str]) -> list[Any] | None:
+    depth = host.llen(keys[0])
+    return [depth, host.lindex(keys[0], 0)] if depth else None
+
+
 RELEASE = _load("release", _release)
 EXTEND = _load("extend", _extend)
 PUSH = _load("push", _push)
+LOCK_INFO = _load("lock_info", _lock_info)
+QUEUE_INFO = _load("queue_info", _queue_info)
 
 #: Every script by SHA, for backends that run the twins.
-SCRIPTS: dict[str, Script] = {s.sha: s for s in (RELEASE, EXTEND, PUSH)}
+SCRIPTS: dict[str, Script] = {s.sha: s for s in (RELEASE, EXTEND, PUSH, LOCK_INFO, QUEUE_INFO)}

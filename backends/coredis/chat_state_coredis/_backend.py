@@ -96,6 +96,11 @@ _COMMANDS: dict[str, Callable[[Any, Args], Awaitable[Any]]] = {
     "LRANGE": lambda client, args: client.lrange(args[1], args[2], args[3]),
     "EVALSHA": _script(lambda client: client.evalsha),
     "EVAL": _script(lambda client: client.eval),
+    # inspection
+    "SCARD": lambda client, args: client.scard(args[1]),
+    "SSCAN": lambda client, args: client.sscan(args[1], int(args[2]), count=int(args[4])),
+    "UNLINK": lambda client, args: client.unlink(list(args[1:])),
+    "INFO": lambda client, args: client.info(),
 }
 
 

@@ -37,7 +37,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import (
     AsyncState,
-    BackendError,
     ChatStateError,
     LockInfo,
     QueueEntry,
@@ -416,17 +415,40 @@ class Context:
 
     def json(self, value: Any, *, lines: bool = False) -> None:
         """``value`` as JSON: one compact line for JSON lines and pipes, indented on a
-        terminal otherwise."""
-        pretty = not lines and is_terminal(self.out)
-        text = json.dumps(value, ensure_ascii=False, indent=2 if pretty else None)
+        terminal otherwise (``\\u`` escapes where the output cannot take the text: a
+        lone surrogate, which JSON.stringify can write)."""
+        indent = 2 if not lines and is_terminal(self.out) else None
+        text = json.dumps(value, ensure_ascii=False, indent=indent)
+        if not _encodable(text, self.out):
+            text = json.dumps(value, indent=indent)
         self.out.write(text + "\n")
 
     def print(self, *lines: str) -> None:
         for line in lines:
-            self.out.write(line + "\n")
+            fit = line if _encodable(line, self.out) else _escaped(line, self.out)
+            self.out.write(fit + "\n")
 
     def where(self) -> str:
         return f"prefix {self.state.key_prefix!r} on {self.url}"
+
+
+def _encoding(stream: IO[str]) -> str:
+    return getattr(stream, "encoding", None) or "utf-8"
+
+
+def _encodable(text: str, stream: IO[str]) -> bool:
+    """Whether ``stream`` can write ``text`` (a lone surrogate, which JSON.stringify
+    can write, fits no encoding; stdout's may not be UTF-8)."""
+    try:
+        text.encode(_encoding(stream))
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(text: str, stream: IO[str]) -> str:
+    """``text`` with what ``stream`` cannot write as backslash escapes."""
+    return text.encode(_encoding(stream), "backslashreplace").decode(_encoding(stream))
 
 
 def matching(ctx: Context, names: Iterable[T], name: Callable[[T], str]) -> Iterator[T]:
@@ -653,7 +675,7 @@ def cmd_top(ctx: Context) -> int:
         for refresh in itertools.count(1):
             try:
                 stats, error = ctx.state.stats(), None
-            except BackendError as exc:  # show it, and try again at the next refresh
+            except ChatStateError as exc:  # show it, and try again at the next refresh
                 stats, error = None, one_line(exc, ctx)
             failed = stats is None
             if args.json:
@@ -932,6 +954,8 @@ def operate(args: argparse.Namespace) -> int:
         return 130
     except (UsageError, Failed, ChatStateError, OSError, ValueError) as exc:
         problem = exc
+    except Exception as exc:  # a bug of ours: still one line, scrubbed, not a traceback
+        problem = exc
     finally:
         if handler is not None:
             library.removeHandler(handler)
@@ -941,7 +965,7 @@ def operate(args: argparse.Namespace) -> int:
     print(f"chat-state: error: {line}", file=sys.stderr)
     # A key or thread id the operations refuse (ValueError) is the command line's too.
     usage = isinstance(problem, UsageError) or (
-        isinstance(problem, ValueError) and not isinstance(problem, ChatStateError)
+        isinstance(problem, ValueError) and not isinstance(problem, (ChatStateError, UnicodeError))
     )
     return 2 if usage else 1
 

@@ -11,6 +11,7 @@ script, so its fields come from one instant.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
@@ -70,21 +71,28 @@ class _Tally:
         self.layout = layout
         self.kinds: Counter[str] = Counter()
         self.queued = 0
-        self._deepest: list[tuple[int, str]] = []  # a min-heap of the DEEPEST largest
+        self._deepest: list[tuple[int, str, int, QueueInfo]] = []  # min-heap of the DEEPEST
+        self._seen = itertools.count()
 
-    def queue(self, thread_id: str, depth: int) -> None:
-        self.queued += depth
+    def key(self, kind: str, info: QueueInfo | None = None) -> None:
+        """A key of ``kind``; a queue with what :func:`ops.queue_info_at` read of it
+        (``None``: not a list, which no adapter writes there: counted as other)."""
+        if kind == "queue" and info is None:
+            kind = "other"
+        self.kinds[kind] += 1
+        if info is None:
+            return
+        self.queued += info.depth
+        entry = (info.depth, info.thread_id, next(self._seen), info)  # (no tie reaches info)
         if len(self._deepest) < DEEPEST:
-            heapq.heappush(self._deepest, (depth, thread_id))
-        elif depth > self._deepest[0][0]:
-            heapq.heapreplace(self._deepest, (depth, thread_id))
+            heapq.heappush(self._deepest, entry)
+        elif entry > self._deepest[0]:
+            heapq.heapreplace(self._deepest, entry)
 
-    def deepest(self) -> list[str]:
-        return [thread for _, thread in sorted(self._deepest, reverse=True)]
+    def deepest(self) -> list[QueueInfo]:
+        return [info for *_, info in sorted(self._deepest, reverse=True)]
 
-    def result(
-        self, subscriptions: int, deepest: list[QueueInfo], servers: list[NodeReply]
-    ) -> StateStats:
+    def result(self, subscriptions: int, servers: list[NodeReply]) -> StateStats:
         kinds = self.kinds
         return StateStats(
             prefix=self.layout.prefix,
@@ -95,7 +103,7 @@ class _Tally:
             queues=kinds["queue"],
             queued_entries=self.queued,
             other_keys=kinds["other"],
-            deepest_queues=tuple(deepest),
+            deepest_queues=tuple(self.deepest()),
             servers=tuple(s for node in servers for s in server_stats(node.address, node.reply)),
         )
 
@@ -140,19 +148,13 @@ def stats(state: State) -> StateStats:
     layout, tally = state._layout, _Tally(state._layout)
     for key in state._connected().scan(layout.all):
         kind, name = layout.parse(key)
-        tally.kinds[kind] += 1
+        info = None
         if kind == "queue":
-            where, command, finish = ops.queue_depth(layout, name)
-            tally.queue(name, finish(state._call(where, command)))
-    deepest: list[QueueInfo] = []
-    for thread_id in tally.deepest():
-        where, command, read = ops.queue_info_at(layout.queue(thread_id), thread_id)
-        info = read(state._script(where, command))
-        if info is not None:
-            deepest.append(info)
-    where, command, finish = ops.subscription_count(layout)
-    subscriptions = finish(state._call(where, command))
-    return tally.result(subscriptions, deepest, state._each_primary(ops.INFO))
+            where, command, finish = ops.queue_info_at(key, name)
+            info = finish(state._script(where, command))
+        tally.key(kind, info)
+    where, command, count = ops.subscription_count(layout)
+    return tally.result(count(state._call(where, command)), state._each_primary(ops.INFO))
 
 
 def _unlink(state: State, keys: list[str], together: bool) -> tuple[int, bool]:
@@ -226,19 +228,14 @@ async def stats_async(state: AsyncState) -> StateStats:
     layout, tally = state._layout, _Tally(state._layout)
     async for key in state._connected().scan(layout.all):
         kind, name = layout.parse(key)
-        tally.kinds[kind] += 1
+        info = None
         if kind == "queue":
-            where, command, finish = ops.queue_depth(layout, name)
-            tally.queue(name, finish(await state._call(where, command)))
-    deepest: list[QueueInfo] = []
-    for thread_id in tally.deepest():
-        where, command, read = ops.queue_info_at(layout.queue(thread_id), thread_id)
-        info = read(await state._script(where, command))
-        if info is not None:
-            deepest.append(info)
-    where, command, finish = ops.subscription_count(layout)
-    subscriptions = finish(await state._call(where, command))
-    return tally.result(subscriptions, deepest, await state._each_primary(ops.INFO))
+            where, command, finish = ops.queue_info_at(key, name)
+            info = finish(await state._script(where, command))
+        tally.key(kind, info)
+    where, command, count = ops.subscription_count(layout)
+    servers = await state._each_primary(ops.INFO)
+    return tally.result(count(await state._call(where, command)), servers)
 
 
 async def _unlink_async(state: AsyncState, keys: list[str], together: bool) -> tuple[int, bool]:

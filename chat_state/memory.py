@@ -189,6 +189,14 @@ class MemoryStore:
             items: deque[str] | None = self._typed(key, deque)
             return len(items) if items else 0
 
+    def type_of(self, key: str) -> str:
+        """What ``TYPE`` answers: ``none``, ``string``, ``set`` or ``list``."""
+        with self.lock:
+            value = self._live(key)
+        if value is None:
+            return "none"
+        return "string" if isinstance(value, str) else "set" if isinstance(value, set) else "list"
+
     def lindex(self, key: str, index: int) -> str | None:
         with self.lock:
             items: deque[str] | None = self._typed(key, deque)

@@ -36,22 +36,39 @@ async def test_ping_and_health_answer_on_every_target(state: Any, target: Target
     assert health.topology == target.topology
     assert health.nodes
     assert all(node.ok and node.error is None for node in health.nodes)
-    pooled = "own_connections=false" in target.url or target.driver == "coredis"
     if target.topology == "memory":
         assert (health.server, health.nodes[0].role) == ("memory", "master")
-    elif not (pooled and target.topology == "cluster"):
+    elif not (target.driver == "coredis" and target.topology == "cluster"):
         assert health.server in ("redis", "valkey")
         assert health.version
         assert health.version[0].isdigit()
 
 
-@pytest.mark.targets(["redis-server/cluster/redis-py", "valkey-server/cluster/valkey-py"])
+@pytest.mark.targets(
+    [
+        "redis-server/cluster/redis-py",
+        "valkey-server/cluster/valkey-py",
+        "redis-server/cluster/redis-py-pooled",  # the client library's Cluster client
+    ]
+)
 async def test_a_cluster_reports_every_primary(state: Any, target: Target) -> None:
     primaries = {f"{node.host}:{node.port}" for node in target.raw.client.get_primaries()}
     health = await state.health()
     assert {node.address for node in health.nodes} == primaries
     assert len(primaries) >= 3
     assert {node.role for node in health.nodes} == {"master"}
+
+
+@pytest.mark.targets(["redis-server/cluster/redis-py"])
+async def test_a_cluster_client_passed_in_reports_every_primary(target: Target) -> None:
+    client = target.raw.client  # a redis-py RedisCluster of the application's
+    primaries = {f"{node.host}:{node.port}" for node in client.get_primaries()}
+    with State(client=client, key_prefix=target.prefix) as state:
+        health = state.health()
+        assert state.stats().servers[0].used_memory_bytes
+        assert {s.address for s in state.stats().servers} == primaries
+    assert health.ok
+    assert {node.address for node in health.nodes} == primaries
 
 
 def test_the_server_identity_is_read_from_every_form_of_hello() -> None:

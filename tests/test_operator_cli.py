@@ -958,3 +958,14 @@ def test_a_reader_that_stops_early_is_no_error(redis_url: str) -> None:
                 process.kill()
                 process.wait(5)
             state.clear()
+
+
+def test_a_value_no_encoding_can_print_is_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    """JSON.stringify writes a lone surrogate as ``\\ud800``: it reads back as one, which
+    no output encoding takes. The CLI escapes it rather than fail."""
+    url = f"memory://{uuid.uuid4().hex}"
+    store_for_url(url).set("p:cache:odd", '"a\\ud800b"')
+    for extra in ([], ["--json"]):
+        status, out, err = run(capsys, "get", "odd", "--prefix", "p", "--url", url, *extra)
+        assert (status, err) == (0, "")
+        assert "\\ud800" in out

@@ -12,6 +12,7 @@ exceptions to ours, with passwords scrubbed from every message.
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
@@ -20,7 +21,7 @@ from chat_state import connections
 from chat_state.errors import BackendError, ConfigurationError
 
 from .errors import backend_error, configuration_error
-from .interface import Args, AsyncBackend, Backend, NoScriptError
+from .interface import Args, AsyncBackend, Backend, NodeReply, NoScriptError
 from .loops import on_asyncio
 from .policy import BACKOFF_BASE_S, BACKOFF_CAP_S, RETRIES, SCAN_COUNT
 from .replies import anext_or_none, normalised, scan_pattern, text
@@ -37,6 +38,8 @@ __all__ = ["RedisFamily"]
 class _Base:
     """What the sync and async wrappers share: the client, ownership, error mapping."""
 
+    _each_primary: Callable[[Args], Any]  # (each wrapper's, for a Cluster client)
+
     def __init__(
         self,
         family: RedisFamily,
@@ -52,6 +55,8 @@ class _Base:
         self._scan_kwargs: dict[str, Any] = {"count": SCAN_COUNT}
         if isinstance(client, family.cluster_types):
             self._scan_kwargs["target_nodes"] = client.PRIMARIES
+            # Health checks and stats() ask each primary (a plain client: one answer).
+            self.each_primary = self._each_primary
 
     @property
     def client(self) -> Any:
@@ -94,6 +99,18 @@ class SyncRedisBackend(_Base):
         except self._family.errors as exc:
             raise self._error(exc) from exc
 
+    def _each_primary(self, args: Args) -> list[NodeReply]:
+        """A Cluster client's ``each_primary``: ``args`` on each of its primaries."""
+        replies = []
+        for node in self._client.get_primaries():
+            started = time.monotonic()
+            try:
+                reply = normalised(self._client.execute_command(*args, target_nodes=node))
+            except self._family.errors as exc:
+                reply = self._error(exc)
+            replies.append(NodeReply(f"{node.host}:{node.port}", reply, time.monotonic() - started))
+        return replies
+
     def scan(self, prefix: str) -> Iterator[str]:
         keys = self._client.scan_iter(**self._pattern(prefix))
         while True:
@@ -125,6 +142,18 @@ class AsyncRedisBackend(_Base):
             return normalised(await self._client.execute_command(*args, keys=[key]))
         except self._family.errors as exc:
             raise self._error(exc) from exc
+
+    async def _each_primary(self, args: Args) -> list[NodeReply]:
+        """A Cluster client's ``each_primary``: ``args`` on each of its primaries."""
+        replies = []
+        for node in self._client.get_primaries():
+            started = time.monotonic()
+            try:
+                reply = normalised(await self._client.execute_command(*args, target_nodes=node))
+            except self._family.errors as exc:
+                reply = self._error(exc)
+            replies.append(NodeReply(f"{node.host}:{node.port}", reply, time.monotonic() - started))
+        return replies
 
     async def scan(self, prefix: str) -> AsyncIterator[str]:
         keys = self._client.scan_iter(**self._pattern(prefix))

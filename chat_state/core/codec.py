@@ -17,6 +17,7 @@ object keys keep their insertion order (JavaScript moves them first).
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -194,4 +195,6 @@ def _milliseconds(value: object) -> int | None:
     """A stored time: an integer, or a number with a fraction (TypeScript allows one)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # (1e400 reads as infinity: no time)
     return int(value)

@@ -39,6 +39,7 @@ class ScriptHost(Protocol):
     def pttl(self, key: str) -> int: ...
     def llen(self, key: str) -> int: ...
     def lindex(self, key: str, index: int) -> str | None: ...
+    def type_of(self, key: str) -> str: ...
 
 
 Twin = Callable[[ScriptHost, Sequence[str], Sequence[str]], Any]
@@ -97,13 +98,15 @@ def _push(host: ScriptHost, keys: Sequence[str], argv: Sequence[str]) -> int:
 
 
 def _lock_info(host: ScriptHost, keys: Sequence[str], argv: Sequence[str]) -> list[Any] | None:
-    token = host.get(keys[0])
-    return None if token is None else [token, host.pttl(keys[0])]
+    if host.type_of(keys[0]) != "string":
+        return None
+    return [host.get(keys[0]), host.pttl(keys[0])]
 
 
 def _queue_info(host: ScriptHost, keys: Sequence[str], argv: Sequence[str]) -> list[Any] | None:
-    depth = host.llen(keys[0])
-    return [depth, host.lindex(keys[0], 0)] if depth else None
+    if host.type_of(keys[0]) != "list":
+        return None
+    return [host.llen(keys[0]), host.lindex(keys[0], 0)]
 
 
 RELEASE = _load("release", _release)

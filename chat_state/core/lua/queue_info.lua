@@ -1,7 +1,7 @@
 -- A queue's depth and oldest entry, read at one instant (for inspection).
--- KEYS[1] queue key. Returns {depth, oldest entry}, or nil if the queue is empty.
-local depth = redis.call("llen", KEYS[1])
-if depth == 0 then
+-- KEYS[1] queue key. Returns {depth, oldest entry}, or nil if no queue is there
+-- (nothing, or a value of another type, which no adapter writes there).
+if redis.call("type", KEYS[1]).ok ~= "list" then
   return false
 end
-return {depth, redis.call("lindex", KEYS[1], 0)}
+return {redis.call("llen", KEYS[1]), redis.call("lindex", KEYS[1], 0)}

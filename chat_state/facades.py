@@ -40,7 +40,13 @@ from .core import operations as ops
 from .core.health import HELLO, identity
 from .core.layout import DEFAULT_PREFIX, Layout, QueueFormat
 from .core.validate import check_name, check_ttl, check_wait
-from .errors import BackendError, ConfigurationError, NotConnectedError, WrongLoopError
+from .errors import (
+    BackendError,
+    ConfigurationError,
+    NotConnectedError,
+    WrongLoopError,
+    not_connected,
+)
 from .locking import (
     SHORT_LOCK_TTL_MS,
     WAITING,
@@ -125,10 +131,11 @@ class _Facade(Generic[B]):
         self._backend: B | None = None
         self._guard = threading.Lock()  # State's connection slot, shared between threads
         self._url: str | None = None
+        self._adopted: B | None = None  # the backend over the client passed in, if one was
         if client is not None:
             if url is not None or driver is not None:
                 raise ConfigurationError("pass either a client or a url (and driver), not both")
-            adopted = factory_for_client(client, self._adopt)
+            adopted = self._adopted = factory_for_client(client, self._adopt)
             self._opener: Callable[[], B] = lambda: adopted
             self._system = _system_of(type(client).__module__)
             return
@@ -226,9 +233,9 @@ class _Facade(Generic[B]):
     def _connected(self) -> B:
         backend = self._backend
         if backend is None:
-            raise NotConnectedError(
-                f"{type(self).__name__} is not connected. Call connect() first."
-            )
+            name = type(self).__name__
+            message = f"{name} is not connected. Call connect() first."
+            raise not_connected(NotConnectedError, message, name)
         return backend
 
     def _describe(self) -> str:
@@ -424,12 +431,18 @@ class State(_Facade[Backend]):
     def get_client(self) -> Any:
         """The client library's client (redis-py, valkey-py, coredis) or the :class:`MemoryStore`.
 
-        For raw commands of your own. With chat-state's own connections (the default
-        for redis-py and valkey-py) it is a client for the same server(s), made on
-        first use; a client you passed in is itself. :meth:`disconnect` closes every
-        connection of a client the adapter made (the client libraries open one again
-        if such a client is used after: ask again after the next :meth:`connect`).
+        For raw commands of your own. A client you passed in (``client=``) is itself,
+        connected or not, as chat_sdk's adapters give theirs. With a URL it needs a
+        connection (:class:`~chat_state.NotConnectedError` before :meth:`connect`);
+        with chat-state's own connections (the default for redis-py and valkey-py) it
+        is a client for the same server(s), made on first use. :meth:`disconnect`
+        closes every connection of a client the adapter made (the client libraries
+        open one again if such a client is used after: ask again after the next
+        :meth:`connect`).
         """
+        adopted = self._adopted
+        if adopted is not None:
+            return adopted.client
         return self._connected().client
 
     def _each_primary(self, args: Args) -> list[NodeReply]:
@@ -596,14 +609,17 @@ class State(_Facade[Backend]):
         return finish(self._call(where, command))
 
     def set(self, key: str, value: Any, ttl_ms: int | timedelta | None = None) -> None:
-        """Store ``value`` as JSON, expiring after ``ttl_ms`` ms if given."""
+        """Store ``value`` as JSON, expiring after ``ttl_ms`` ms (``None`` or 0: never)."""
         where, command, finish = ops.set(self._layout, key, value, ttl_ms)
         return finish(self._call(where, command))
 
     def set_if_not_exists(
         self, key: str, value: Any, ttl_ms: int | timedelta | None = None
     ) -> bool:
-        """Store ``value`` only if ``key`` is absent (atomic); → whether it was written."""
+        """Store ``value`` only if ``key`` is absent (atomic); → whether it was written.
+
+        It expires after ``ttl_ms`` ms (``None`` or 0: never, as chat_sdk's
+        ``dedupe_ttl_ms=0`` means)."""
         where, command, finish = ops.set_if_not_exists(self._layout, key, value, ttl_ms)
         return finish(self._call(where, command))
 
@@ -760,18 +776,20 @@ class AsyncState(_Facade[AsyncBackend]):
         if self._ended is not None:
             why = self._ended
         elif loop_running(self._loop):
-            return WrongLoopError(
+            message = (
                 f"{self!r} was connected in another event loop, which is still running "
                 "(in another thread); its connections belong to that loop, and nothing was "
                 "sent. Use one AsyncState per event loop (or State from synchronous code)."
             )
+            return not_connected(WrongLoopError, message, type(self).__name__)
         else:
             why = "was connected in an event loop that is no longer running"
-        return WrongLoopError(
+        message = (
             f"{self!r} {why}; its connections belong there, and nothing was sent. "
             "Call `await state.connect()` in this event loop first (it connects here), "
             "or use State from synchronous code."
         )
+        return not_connected(WrongLoopError, message, type(self).__name__)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -920,13 +938,18 @@ class AsyncState(_Facade[AsyncBackend]):
         """The client library's asyncio client (redis-py, valkey-py, coredis) or the
         :class:`MemoryStore`.
 
-        For raw commands of your own, in the event loop that connected this adapter.
-        With chat-state's own connections (the default for redis-py and valkey-py) it
-        is a client for the same server(s), made on first use; a client you passed in
-        is itself. :meth:`disconnect` closes every connection of a client the adapter
-        made (the client libraries open one again if such a client is used after: ask
+        For raw commands of your own. A client you passed in (``client=``) is itself,
+        connected or not, as chat_sdk's adapters give theirs. With a URL it needs a
+        connection in the running event loop (:class:`~chat_state.NotConnectedError`
+        before :meth:`connect`); with chat-state's own connections (the default for
+        redis-py and valkey-py) it is a client for the same server(s), made on first
+        use. :meth:`disconnect` closes every connection of a client the adapter made
+        (the client libraries open one again if such a client is used after: ask
         again after the next :meth:`connect`).
         """
+        adopted = self._adopted
+        if adopted is not None:
+            return adopted.client
         return self._connected().client
 
     async def _each_primary(self, args: Args) -> list[NodeReply]:
@@ -1102,14 +1125,17 @@ class AsyncState(_Facade[AsyncBackend]):
         return finish(await self._call(where, command))
 
     async def set(self, key: str, value: Any, ttl_ms: int | timedelta | None = None) -> None:
-        """Store ``value`` as JSON, expiring after ``ttl_ms`` ms if given."""
+        """Store ``value`` as JSON, expiring after ``ttl_ms`` ms (``None`` or 0: never)."""
         where, command, finish = ops.set(self._layout, key, value, ttl_ms)
         return finish(await self._call(where, command))
 
     async def set_if_not_exists(
         self, key: str, value: Any, ttl_ms: int | timedelta | None = None
     ) -> bool:
-        """Store ``value`` only if ``key`` is absent (atomic); → whether it was written."""
+        """Store ``value`` only if ``key`` is absent (atomic); → whether it was written.
+
+        It expires after ``ttl_ms`` ms (``None`` or 0: never, as chat_sdk's
+        ``dedupe_ttl_ms=0`` means)."""
         where, command, finish = ops.set_if_not_exists(self._layout, key, value, ttl_ms)
         return finish(await self._call(where, command))
 

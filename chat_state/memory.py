@@ -9,6 +9,20 @@ backend executes the very same operations as a server.
 ``memory://`` gives each adapter a private store; ``memory://NAME`` selects a
 store shared by every adapter in this process that names it. State kept here is
 not shared between processes.
+
+Time: every TTL, lock expiry and queue TTL of a store is measured on its clock, a
+callable returning whole milliseconds. ``MemoryStore(clock=...)`` gives a store its
+own; a store without one (every store a ``memory://`` URL opens, private or shared)
+reads the *default clock* at each use: :func:`monotonic_ms` unless
+:func:`set_default_clock` replaced it. Tests move time that way (the pytest plugin's
+``state_clock`` fixture does)::
+
+    now = [monotonic_ms()]          # continue from the clock it replaces
+    previous = set_default_clock(lambda: now[0])
+    try:
+        ...  # state.set("k", 1, ttl_ms=30_000); now[0] += 30_000: "k" has expired
+    finally:
+        set_default_clock(previous)
 """
 
 from __future__ import annotations
@@ -27,7 +41,7 @@ from .core.commands import script_call, set_options
 from .core.scripts import SCRIPTS, Script, sha1_of
 from .errors import BackendError, ConfigurationError
 
-__all__ = ["MemoryStore"]
+__all__ = ["Clock", "MemoryStore", "get_default_clock", "monotonic_ms", "set_default_clock"]
 
 _Members = set[str]
 _Value = str | _Members | deque[str]
@@ -35,9 +49,48 @@ _WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 _HEAP_SLACK = 1024
 
 
-def _clock_ms() -> int:
-    # Whole milliseconds, as a server counts them: TTL arithmetic stays exact at any size.
+Clock = Callable[[], int]
+"""A memory store's clock: a callable returning the time in whole milliseconds.
+
+Only differences between its readings matter (it need not be Unix time); it must
+never go back.
+"""
+
+
+def monotonic_ms() -> int:
+    """The default clock: :func:`time.monotonic` in whole milliseconds.
+
+    Whole milliseconds, as a server counts them: TTL arithmetic stays exact at any size.
+    """
     return time.monotonic_ns() // 1_000_000
+
+
+#: The default clock, in a one-slot list (replaced by set_default_clock).
+_default_clock: list[Clock] = [monotonic_ms]
+
+
+def get_default_clock() -> Clock:
+    """The clock that stores created without one read (:func:`monotonic_ms` unless
+    :func:`set_default_clock` replaced it)."""
+    return _default_clock[0]
+
+
+def set_default_clock(clock: Clock | None) -> Clock:
+    """Make every store without a clock of its own read ``clock`` from now on; → the
+    previous default clock (to restore it). ``None`` restores :func:`monotonic_ms`.
+
+    It applies at once to such stores that exist already (``memory://NAME`` shared
+    stores, and the private store of every connected ``memory://`` adapter), as
+    their deadlines are compared with the clock at each use: a replacement should
+    continue from the reading of the clock it replaces (as the pytest plugin's
+    ``state_clock`` does), or keys already set live longer or shorter than asked.
+    Meant for tests; a store given ``clock=`` is not affected.
+    """
+    if clock is not None and not callable(clock):
+        raise TypeError(f"clock must be a callable returning milliseconds, not {clock!r}")
+    previous = _default_clock[0]
+    _default_clock[0] = clock if clock is not None else monotonic_ms
+    return previous
 
 
 class MemoryStore:
@@ -45,9 +98,19 @@ class MemoryStore:
 
     Expired keys are dropped lazily on access and, through a heap of deadlines,
     on every write, so memory stays bounded by the live keys.
+
+    Args:
+        clock: What the store measures every TTL, lock expiry and queue TTL with: a
+            callable returning whole milliseconds (only differences matter; it must
+            never go back). ``None`` (the default): the default clock, read at each
+            use, which is :func:`monotonic_ms` unless :func:`set_default_clock`
+            replaced it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a callable returning milliseconds, not {clock!r}")
+        self._clock = clock
         self._data: dict[str, _Value] = {}
         self._deadlines: dict[str, int] = {}
         self._heap: list[tuple[int, str]] = []
@@ -58,9 +121,13 @@ class MemoryStore:
 
     # -- key space (callers hold self.lock) -------------------------------------------
 
+    def _now(self) -> int:
+        clock = self._clock
+        return clock() if clock is not None else _default_clock[0]()
+
     def _live(self, key: str) -> _Value | None:
         deadline = self._deadlines.get(key)
-        if deadline is not None and deadline <= _clock_ms():
+        if deadline is not None and deadline <= self._now():
             self._drop(key)
             return None
         return self._data.get(key)
@@ -70,7 +137,7 @@ class MemoryStore:
         self._deadlines.pop(key, None)
 
     def _sweep(self) -> None:
-        now = _clock_ms()
+        now = self._now()
         heap = self._heap
         while heap and heap[0][0] <= now:
             deadline, key = heapq.heappop(heap)
@@ -78,7 +145,7 @@ class MemoryStore:
                 self._drop(key)
 
     def _expire_at(self, key: str, ttl_ms: int) -> None:
-        deadline = _clock_ms() + ttl_ms
+        deadline = self._now() + ttl_ms
         self._deadlines[key] = deadline
         heapq.heappush(self._heap, (deadline, key))
         if len(self._heap) > 2 * len(self._deadlines) + _HEAP_SLACK:
@@ -133,7 +200,7 @@ class MemoryStore:
             if self._live(key) is None:
                 return -2
             deadline = self._deadlines.get(key)
-            return -1 if deadline is None else max(0, deadline - _clock_ms())
+            return -1 if deadline is None else max(0, deadline - self._now())
 
     def sadd(self, key: str, member: str) -> int:
         with self.lock:
@@ -365,7 +432,9 @@ def _store_name(url: str) -> str:
 
 
 def store_for_url(url: str) -> MemoryStore:
-    """``memory://`` → a new private store; ``memory://NAME`` → the shared store NAME."""
+    """``memory://`` → a new private store; ``memory://NAME`` → the shared store NAME.
+
+    Both read the default clock (see :func:`set_default_clock`)."""
     name = _store_name(url)
     if not name:
         return MemoryStore()

@@ -375,7 +375,7 @@ BAD_CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any], type[Exception], str
     ("extend_lock", (Lock("t", "x", 0), 0), {}, ValueError, "ttl_ms"),
     ("force_release_lock", ("",), {}, ValueError, "thread_id"),
     ("get", ("",), {}, ValueError, "key"),
-    ("set", ("k", 1, 0), {}, ValueError, "ttl_ms"),
+    ("set", ("k", 1, -1), {}, ValueError, "ttl_ms"),  # 0 is "no expiry", as None
     ("set", ("k", float("nan")), {}, SerializationError, "JSON"),
     ("set", ("k", {"x": math.inf}), {}, SerializationError, "JSON"),
     ("set", ("k", object()), {}, SerializationError, "JSON"),

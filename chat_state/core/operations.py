@@ -172,6 +172,7 @@ def _set(
     layout: Layout, key: str, value: Any, ttl_ms: int | timedelta | None, *nx: str
 ) -> tuple[str, Args]:
     cache_key = layout.cache(check_name("key", key))
+    # None or 0: no expiry (chat_sdk's dedupe_ttl_ms=0, TypeScript's ttl 0): SET with no PX.
     ttl = check_ttl("ttl_ms", ttl_ms, optional=True)
     text = codec.encode(value)
     if ttl:

@@ -93,12 +93,18 @@ def _check_ms(name: str, value: object, low: int) -> int:
 
 
 def check_ttl(name: str, value: object, *, optional: bool = False) -> int:
-    """A TTL in milliseconds, 1 to :data:`MAX_TTL_MS` (``None`` → 0 when ``optional``);
-    a :class:`~datetime.timedelta` is taken as its milliseconds, rounded up."""
+    """A TTL in milliseconds, 1 to :data:`MAX_TTL_MS`; a :class:`~datetime.timedelta`
+    is taken as its milliseconds, rounded up.
+
+    ``optional`` (a cache value's TTL): ``None``, 0 and ``timedelta(0)`` are taken too,
+    as 0, "no expiry" (what chat_sdk's ``dedupe_ttl_ms=0`` and the TypeScript adapters
+    mean by 0). A lock's TTL is never optional: a lock that never expires would
+    outlive a crashed holder.
+    """
     if type(value) is int and 0 < value <= MAX_TTL_MS:
         return value  # the common case, in one test
-    if value is None and optional:
-        return 0
+    if optional:
+        return 0 if value is None else _check_ms(name, value, 0)
     return _check_ms(name, value, 1)
 
 

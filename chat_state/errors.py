@@ -126,13 +126,15 @@ class _AlsoChatSdks:
     adapter_name: str
     _plain: type[NotConnectedError]  # the class of ours it is combined with
 
-    def __init__(self, message: str, *, adapter_name: str) -> None:
+    def __init__(self, message: str = "", *, adapter_name: str = "") -> None:
+        # (both optional: ``type(error)(*error.args)`` rebuilds it, as for any error)
         Exception.__init__(cast(Exception, self), message)
         self.adapter_name = adapter_name
 
     def __reduce__(self) -> tuple[Any, ...]:
         args = cast(Exception, self).args
-        return _revive, (self._plain, args[0] if args else "", self.adapter_name)
+        revived = (self._plain, args[0] if args else "", self.adapter_name)
+        return _revive, revived, dict(self.__dict__)  # (notes and attributes too)
 
 
 def _chat_sdks_error() -> type[Exception] | None:

@@ -57,7 +57,7 @@ import pytest
 from .backend import redact_url
 from .errors import ConfigurationError
 from .facades import AsyncState, State
-from .memory import get_default_clock, set_default_clock
+from .memory import Clock, get_default_clock, set_default_clock
 from .testing import (
     AdminClient,
     Cluster,
@@ -298,6 +298,7 @@ class _Settings:
     url: str | None = None
     server: ServerSpec | None = None
     source: str = ""  # where url or server came from, for the report header
+    checked: bool = True  # (the environment's URL: checked on first use)
 
 
 _SETTINGS = pytest.StashKey[_Settings]()
@@ -372,8 +373,10 @@ def pytest_configure(config: pytest.Config) -> None:
     elif url is not None:
         settings = _Settings(url=_check_url(url, "--chat-state-url"), source="--chat-state-url")
     elif os.environ.get(URL_VARIABLE, "").strip():
+        # Checked when a test first asks for it: a suite that uses no chat-state fixture
+        # runs whatever the environment holds.
         value = os.environ[URL_VARIABLE].strip()
-        settings = _Settings(url=_check_url(value, URL_VARIABLE), source=f"${URL_VARIABLE}")
+        settings = _Settings(url=value, source=f"${URL_VARIABLE}", checked=False)
     config.stash[_SETTINGS] = settings
 
 
@@ -425,6 +428,11 @@ def chat_state_url(request: pytest.FixtureRequest) -> str:
     ``$CHAT_STATE_TEST_URL`` or the server ``--chat-state-server`` started."""
     settings = _settings(request.config)
     if settings.url is not None:
+        if not settings.checked:
+            try:
+                _check_url(settings.url, URL_VARIABLE)
+            except pytest.UsageError as exc:
+                pytest.fail(str(exc), pytrace=False)
         return settings.url
     if settings.server is not None:
         running: RunningServer = request.getfixturevalue("chat_state_server")
@@ -651,4 +659,27 @@ def state_clock(chat_state_url: str) -> Iterator[StateClock]:
     try:
         yield clock
     finally:
-        set_default_clock(previous)
+        # Time never goes back: what the test moved forward stays ahead (a store that
+        # outlives the test keeps its TTLs where the test left them).
+        set_default_clock(_ahead(previous, clock() - previous()))
+
+
+class _Ahead:
+    """A clock ``offset`` ms ahead of ``base``."""
+
+    __slots__ = ("base", "offset")
+
+    def __init__(self, base: Clock, offset: int) -> None:
+        self.base, self.offset = base, offset
+
+    def __call__(self) -> int:
+        return self.base() + self.offset
+
+
+def _ahead(clock: Clock, offset: int) -> Clock:
+    """``clock``, or one ``offset`` ms ahead of it (flat: one level however many tests)."""
+    if offset <= 0:
+        return clock
+    if isinstance(clock, _Ahead):
+        return _Ahead(clock.base, clock.offset + offset)
+    return _Ahead(clock, offset)

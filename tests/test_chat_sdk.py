@@ -285,9 +285,14 @@ async def test_not_connected_is_chat_sdks_error_too_on_both_facades(make_state: 
         assert type(caught).__module__ == "chat_state.errors"
         assert type(caught).__qualname__ == "NotConnectedError"
     assert type(before.value) is type(after.value)
+    vars(after.value)["__notes__"] = ["while shutting down"]  # (add_note, from 3.11)
     copied = pickle.loads(pickle.dumps(after.value))  # multiprocessing sends errors
     assert type(copied) is type(after.value)
     assert (str(copied), copied.adapter_name) == (str(after.value), name)
+    assert getattr(copied, "__notes__", None) == ["while shutting down"]
+    rebuilt = type(after.value)(*after.value.args)  # as some libraries re-raise
+    assert str(rebuilt) == str(after.value)
+    assert isinstance(rebuilt, StateNotConnectedError)
 
 
 def test_wrong_loop_error_is_chat_sdks_error_too() -> None:

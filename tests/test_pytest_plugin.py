@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,13 @@ pytest_plugins = ["pytester"]
 
 
 @pytest.fixture
-def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
+def pytester(pytester: pytest.Pytester) -> Iterator[pytest.Pytester]:
     """pytester's directory, configured as a suite with pytest-asyncio installed is
     (without it, pytest-asyncio warns that its loop scope is unset)."""
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-    return pytester
+    clock = get_default_clock()
+    yield pytester
+    set_default_clock(clock)  # (an in-process run moved this process's memory time)
 
 
 SERVER_RUN_TIMEOUT = 180  # seconds, for one sample run that starts a topology
@@ -232,6 +235,53 @@ def test_the_url_comes_from_the_environment(
     assert records(record_file)[0]["url"] == "memory://from-env"
 
 
+def test_a_bad_url_in_the_environment_fails_only_the_tests_that_use_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stale CHAT_STATE_TEST_URL does not stop a suite that uses no chat-state fixture."""
+    monkeypatch.setenv(plugin.URL_VARIABLE, "foo://nowhere")
+    pytester.makepyfile(
+        test_mixed="""
+def test_unrelated():
+    assert True
+
+
+def test_on_the_state(state):
+    pass
+"""
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*CHAT_STATE_TEST_URL*unknown URL scheme*"])
+
+
+CLOCK_AFTER = """
+from chat_state import State
+from chat_state.memory import get_default_clock
+
+SEEN = []
+
+
+def test_moves_time_ahead(state_clock):
+    state_clock.advance(3_600_000)
+    with State.from_url("memory://outlives-the-test") as shared:
+        shared.set("k", 1, ttl_ms=1_000)
+    SEEN.append(get_default_clock()())
+
+
+def test_time_did_not_go_back():
+    assert get_default_clock()() >= SEEN[0]  # the hour stays ahead
+    with State.from_url("memory://outlives-the-test") as shared:
+        assert shared.get("k") == 1  # its second has not passed yet...
+"""
+
+
+def test_time_a_test_moved_ahead_never_goes_back(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_clock_after=CLOCK_AFTER)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
 # -- real servers ------------------------------------------------------------------------
 
 SERVER_KINDS = [
@@ -416,10 +466,11 @@ async def test_async_state_follows_it(async_state, state_clock):
 
 def test_state_clock_moves_memory_time(pytester: pytest.Pytester, record_file: Path) -> None:
     pytester.makepyfile(test_clock=CLOCK_TESTS)
-    before = get_default_clock()
+    before = get_default_clock()()
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "test_clock.py")
     result.assert_outcomes(passed=7)  # the async one on asyncio and trio
-    assert get_default_clock() is before  # restored
+    # Restored, but where the tests moved it: ahead of where it was, never back.
+    assert get_default_clock()() >= before + 30_000
 
 
 def test_state_clock_fails_clearly_on_a_real_server(

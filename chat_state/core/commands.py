@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SCAN_COUNT", "Arg", "Args", "script_call", "set_options"]
+__all__ = ["SCAN_COUNT", "Arg", "Args", "reply_text", "script_call", "set_options"]
 
 #: One word of a command: text, or an integer (sent as its decimal text).
 Arg = str | int
@@ -10,6 +10,11 @@ Arg = str | int
 Args = tuple[Arg, ...]
 #: Keys (or set members) one SCAN (or SSCAN) step asks for.
 SCAN_COUNT = 1000
+
+
+def reply_text(value: object) -> str:
+    """A field of a reply as text (an application's client may not decode them)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def set_options(args: Args) -> tuple[int | None, bool]:

@@ -10,16 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from chat_state.core.commands import Args
+from chat_state.core.commands import Args, reply_text
 
 __all__ = ["HELLO", "identity"]
 
 HELLO: Args = ("HELLO",)
-
-
-def _text(value: Any) -> str:
-    """A field of a reply as text (an application's client may not decode them)."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def identity(reply: Any) -> tuple[str | None, str | None, str | None]:
@@ -30,10 +25,10 @@ def identity(reply: Any) -> tuple[str | None, str | None, str | None]:
         reply = next(iter(reply.values()))  # a cluster client's: a reply per node
     if not isinstance(reply, dict):
         return None, None, None
-    fields = {_text(k): v for k, v in reply.items()}
+    fields = {reply_text(k): v for k, v in reply.items()}
 
     def text(name: str) -> str | None:
         value = fields.get(name)
-        return None if value is None else _text(value)
+        return None if value is None else reply_text(value)
 
     return text("server"), text("version"), text("role")

@@ -13,6 +13,8 @@ from typing import Any
 
 from chat_state.models import LockHolder, ServerStats
 
+from .commands import reply_text
+
 __all__ = ["holder_of", "server_stats"]
 
 #: Token formats → their writer: chat-state's ``cs_`` + 32 hex digits; the TypeScript
@@ -37,16 +39,12 @@ def holder_of(token: str) -> LockHolder:
     return LockHolder("unknown", fingerprint)
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def _fields(reply: Any) -> dict[str, Any]:
     """``INFO``'s reply as fields: the server's text, or a client library's dict of it."""
     if isinstance(reply, dict):
-        return {_text(k): v for k, v in reply.items()}
+        return {reply_text(k): v for k, v in reply.items()}
     fields: dict[str, Any] = {}
-    for line in _text(reply).splitlines():
+    for line in reply_text(reply).splitlines():
         name, colon, value = line.partition(":")
         if colon and not name.startswith("#"):
             fields[name] = value.strip()
@@ -66,7 +64,9 @@ def server_stats(address: str, reply: Any) -> list[ServerStats]:
     if isinstance(reply, BaseException):
         return [ServerStats(address, None, None, None, error=str(reply))]
     if isinstance(reply, dict) and reply and all(isinstance(v, dict) for v in reply.values()):
-        return [stats for node, info in reply.items() for stats in server_stats(_text(node), info)]
+        return [
+            stats for node, info in reply.items() for stats in server_stats(reply_text(node), info)
+        ]
     fields = _fields(reply)
     return [
         ServerStats(

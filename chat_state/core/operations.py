@@ -25,7 +25,7 @@ from chat_state.errors import SerializationError
 from chat_state.models import Lock, LockInfo, QueueEntry, QueueInfo
 
 from . import codec
-from .commands import SCAN_COUNT, Args
+from .commands import SCAN_COUNT, Args, reply_text
 from .inspection import holder_of
 from .layout import Layout
 from .scripts import EXTEND, LOCK_INFO, PUSH, QUEUE_INFO, RELEASE, SCRIPTS, Script
@@ -242,14 +242,10 @@ def queue_depth(layout: Layout, thread_id: str) -> Prepared[int]:
 # -- inspection (for operators: none of these writes, except clear's UNLINK) -------------
 
 
-def _text(reply: Any) -> str:
-    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-
-
 def _lock_info(thread_id: str, reply: Any) -> LockInfo | None:
     if reply is None:
         return None
-    return LockInfo(thread_id, int(reply[1]), holder_of(_text(reply[0])))
+    return LockInfo(thread_id, int(reply[1]), holder_of(reply_text(reply[0])))
 
 
 def lock_info(layout: Layout, thread_id: str) -> Prepared[LockInfo | None]:
@@ -272,7 +268,7 @@ def _enqueued_at(text: str) -> int | None:
 def _queue_info(thread_id: str, reply: Any) -> QueueInfo | None:
     if reply is None:
         return None
-    return QueueInfo(thread_id, int(reply[0]), _enqueued_at(_text(reply[1])))
+    return QueueInfo(thread_id, int(reply[0]), _enqueued_at(reply_text(reply[1])))
 
 
 def queue_info_at(key: str, thread_id: str) -> Prepared[QueueInfo | None]:
@@ -281,7 +277,7 @@ def queue_info_at(key: str, thread_id: str) -> Prepared[QueueInfo | None]:
 
 
 def _entries(reply: Any) -> list[QueueEntry]:
-    return [codec.decode_queue_entry(_text(text)) for text in reply]
+    return [codec.decode_queue_entry(reply_text(text)) for text in reply]
 
 
 def peek_queue(layout: Layout, thread_id: str, limit: int) -> Prepared[list[QueueEntry]]:
@@ -299,7 +295,7 @@ def subscription_count(layout: Layout) -> Prepared[int]:
 
 def _page(reply: Any) -> tuple[str, list[str]]:
     cursor, members = reply[0], reply[1]
-    return str(int(cursor)), [_text(member) for member in members]
+    return str(int(cursor)), [reply_text(member) for member in members]
 
 
 def subscriptions_page(layout: Layout, cursor: str) -> Prepared[tuple[str, list[str]]]:

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
+import importlib.util
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import anyio.to_thread
+import httpx
 import pytest
 
-from chat_state.testing import find_redis_server
+from chat_state.testing import RedisServer, find_redis_server, free_port
+
+with warnings.catch_warnings():
+    # starlette >= 1.9 would rather drive httpx2, and says so once, on import.
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -101,3 +121,356 @@ def test_the_testing_your_bot_suite(where: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     expected = "8 passed" if where == "memory" else "5 passed, 3 skipped"
     assert expected in done.stdout, done.stdout
+
+
+def test_chat_sdk_bot(url: str) -> None:
+    """examples/chat_sdk_bot.py: chat_sdk's Chat on ChatSdkState, fed offline."""
+    expected = [
+        "<- m1 from ada: '@mybot hello' (a mention)",
+        "   bot: Hi Ada! I follow this thread now.",
+        "<- m1 from ada: '@mybot hello' (the platform retries: a duplicate)",
+        "   (no reply)",
+        "<- m2 from ada: 'what is chat-state?' (in a thread the bot follows)",
+        "   bot: You said 'what is chat-state?' (answer 1 in this thread).",
+        "<- m3 from grace: 'bye' (in a thread the bot follows)",
+        "   bot: Bye! I no longer follow this thread.",
+        "<- m4 from grace: 'anyone there?' (no mention, in a thread it left)",
+        "   (no reply)",
+        "following demo:C1:1700000000.1: False",
+    ]
+    for _ in range(2):  # the demo removes its keys: run again, it does the same
+        first, *lines = run_example("chat_sdk_bot.py", url).splitlines()
+        assert first.startswith("chat_sdk bot on AsyncState(url=")
+        assert "key_prefix='chat-sdk-demo') [connected]" in first
+        assert lines == expected
+
+
+# -- the web apps: examples/flask_app.py and examples/fastapi_app.py ------------------
+
+FRAMEWORKS = ["flask", "fastapi"]
+Reply = tuple[int, Any]
+
+
+@functools.cache
+def load_example(name: str) -> ModuleType:
+    """An example module, imported from its file (examples/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic looks its models' module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+class FlaskClient:
+    """A Flask app, driven through its test client (one per call: calls may come from
+    several threads at once)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def post(self, path: str, body: Any) -> Reply:
+        response = self.app.test_client().post(path, json=body)
+        return response.status_code, response.get_json()
+
+    def get(self, path: str) -> Reply:
+        response = self.app.test_client().get(path)
+        return response.status_code, response.get_json()
+
+
+class FastAPIClient:
+    """A FastAPI app, driven through Starlette's TestClient (whose portal runs the app in
+    one event loop; calls from several threads run there at once)."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    def post(self, path: str, body: Any) -> Reply:
+        response = self.client.post(path, json=body)
+        return response.status_code, response.json()
+
+    def get(self, path: str) -> Reply:
+        response = self.client.get(path)
+        return response.status_code, response.json()
+
+
+@dataclass
+class App:
+    framework: str
+    module: ModuleType  # the example's module (its handle() can be instrumented)
+    state: Any  # the app's State / AsyncState
+    client: FlaskClient | FastAPIClient
+
+
+@contextlib.contextmanager
+def serve(framework: str, url: str) -> Iterator[App]:
+    """The example's app on ``url``, its state connected while the block runs."""
+    module = load_example(f"{framework}_app")
+    if framework == "flask":
+        flask_app = module.create_app(url)  # connects
+        state = flask_app.extensions["chat_state"]
+        try:
+            yield App(framework, module, state, FlaskClient(flask_app))
+        finally:
+            state.disconnect()  # as atexit would at exit
+    else:
+        fastapi_app = module.create_app(url)
+        with TestClient(fastapi_app) as client:  # runs the lifespan, which connects
+            state = fastapi_app.state.chat_state
+            yield App(framework, module, state, FastAPIClient(client))
+
+
+@pytest.fixture(params=FRAMEWORKS)
+def app(request: pytest.FixtureRequest, url: str) -> Iterator[App]:
+    with serve(request.param, url) as served:
+        yield served
+
+
+@pytest.fixture
+def thread_id() -> str:
+    """A thread of this test's own (the session's Redis is shared between tests)."""
+    return f"slack:C{uuid.uuid4().hex[:10]}:1700000000.1"
+
+
+def delivery(thread_id: str, n: int, text: str = "") -> dict[str, str]:
+    return {"event_id": f"{thread_id}/e{n}", "thread_id": thread_id, "text": text or f"m{n}"}
+
+
+def history(app: App, thread_id: str) -> list[Any]:
+    status, body = app.client.get(f"/threads/{thread_id}/history")
+    assert status == 200
+    assert body["thread_id"] == thread_id
+    messages: list[Any] = body["messages"]
+    return messages
+
+
+def test_app_drops_a_retried_delivery(app: App, thread_id: str) -> None:
+    event = delivery(thread_id, 1, "hello")
+    assert app.client.post("/webhook", event) == (200, {"status": "handled", "handled": 1})
+    assert app.client.post("/webhook", event) == (200, {"status": "duplicate"})
+    assert app.client.post("/webhook", {**event, "text": "edited"}) == (
+        200,
+        {"status": "duplicate"},
+    )  # the same event id is the same delivery, whatever it carries
+    assert history(app, thread_id) == [{"event_id": event["event_id"], "text": "hello"}]
+
+
+def test_app_keeps_each_threads_history(app: App, thread_id: str) -> None:
+    other = f"gchat:spaces/{thread_id}/threads/2"  # a "/" in a thread id is fine
+    for n, (thread, text) in enumerate(
+        [(thread_id, "héllo"), (other, "a"), (thread_id, "again 🎉"), (other, "b")]
+    ):
+        assert app.client.post("/webhook", delivery(thread, n, text))[0] == 200
+    assert [m["text"] for m in history(app, thread_id)] == ["héllo", "again 🎉"]
+    assert [m["text"] for m in history(app, other)] == ["a", "b"]
+    assert history(app, thread_id.replace("slack:", "teams:")) == []
+
+
+def test_app_refuses_a_malformed_delivery(app: App, thread_id: str) -> None:
+    refused = 400 if app.framework == "flask" else 422  # FastAPI's validation error
+    for body in [
+        {"event_id": "x", "thread_id": thread_id},
+        {**delivery(thread_id, 1), "event_id": ""},
+        [],
+    ]:
+        assert app.client.post("/webhook", body)[0] == refused
+    assert history(app, thread_id) == []
+    # Nothing was remembered of them: the event is taken when it comes whole.
+    assert app.client.post("/webhook", delivery(thread_id, 1))[1]["status"] == "handled"
+
+
+class Pause:
+    """Holds the app in one call, once, until the test lets it go on."""
+
+    def __init__(self) -> None:
+        self.reached, self.resumed = threading.Event(), threading.Event()
+        self._armed = True
+
+    def hold(self) -> None:
+        if self._armed:
+            self._armed = False
+            self.reached.set()
+            assert self.resumed.wait(20), "the test never let the app go on"
+
+
+def pause_after(
+    app: App,
+    monkeypatch: pytest.MonkeyPatch,
+    target: object,
+    name: str,
+    when: Callable[[tuple[Any, ...], Any], bool],
+) -> Pause:
+    """Wrap ``target.name`` (the real one is still called) to hold the app, once, right
+    after a call for which ``when(args, result)``."""
+    pause, call = Pause(), getattr(target, name)
+
+    def held(*args: Any) -> Any:
+        result = call(*args)
+        if when(args, result):
+            pause.hold()
+        return result
+
+    async def held_async(*args: Any) -> Any:
+        result = await call(*args)
+        if when(args, result):
+            await anyio.to_thread.run_sync(pause.hold)
+        return result
+
+    monkeypatch.setattr(target, name, held if app.framework == "flask" else held_async)
+    return pause
+
+
+def newcomer_while_held(app: App, thread_id: str, pause: Pause) -> Reply:
+    """Deliver m1; while ``pause`` holds its request (which has the thread's lock),
+    deliver m2, which is queued; then let the first go on. → the first's reply."""
+    replies: list[Reply] = []
+    holder = threading.Thread(
+        target=lambda: replies.append(app.client.post("/webhook", delivery(thread_id, 1)))
+    )
+    holder.start()
+    try:
+        assert pause.reached.wait(20), "the first delivery never got there"
+        assert app.client.post("/webhook", delivery(thread_id, 2)) == (202, {"status": "queued"})
+    finally:
+        pause.resumed.set()
+        holder.join(20)
+    assert not holder.is_alive()
+    (reply,) = replies
+    return reply
+
+
+def test_app_queues_a_delivery_for_the_lock_holder(
+    app: App, thread_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """m2 comes while m1's request handles m1 under the thread's lock: m2 is queued, and
+    the holder handles it before it lets the thread go."""
+    pause = pause_after(app, monkeypatch, app.module, "handle", lambda args, _: True)
+    reply = newcomer_while_held(app, thread_id, pause)
+    assert reply == (200, {"status": "handled", "handled": 2})
+    assert [m["text"] for m in history(app, thread_id)] == ["m1", "m2"]
+
+
+def test_app_looks_at_the_queue_again_after_releasing(
+    app: App, thread_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """m2 is queued after the holder found the queue empty and before it released: the
+    holder's look at the queue after releasing finds it (vercel/chat #928)."""
+    pause = pause_after(app, monkeypatch, app.state, "dequeue", lambda _, entry: entry is None)
+    reply = newcomer_while_held(app, thread_id, pause)
+    assert reply == (200, {"status": "handled", "handled": 2})
+    assert [m["text"] for m in history(app, thread_id)] == ["m1", "m2"]
+
+
+def test_app_handles_concurrent_deliveries_exactly_once(app: App, thread_id: str) -> None:
+    """12 messages for one thread, each delivered twice, from 8 threads at once: each
+    handled once, by whichever request held the thread's lock, none left queued."""
+    events = [delivery(thread_id, n) for n in range(12)]
+    deliveries = events * 2
+    random.Random(7).shuffle(deliveries)
+    workers = 8
+    start = threading.Barrier(workers)
+    replies: list[Reply] = []
+
+    def worker(mine: list[dict[str, str]]) -> None:
+        start.wait(20)
+        replies.extend(app.client.post("/webhook", event) for event in mine)
+
+    threads = [
+        threading.Thread(target=worker, args=(deliveries[n::workers],)) for n in range(workers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(replies) == len(deliveries)
+    statuses = collections.Counter(body["status"] for _, body in replies)
+    assert statuses["duplicate"] == len(events)
+    assert statuses["handled"] + statuses["queued"] == len(events)
+    assert sum(body.get("handled", 0) for _, body in replies) == len(events)
+    assert all(code == (202 if body["status"] == "queued" else 200) for code, body in replies)
+    handled = [m["event_id"] for m in history(app, thread_id)]
+    assert sorted(handled) == sorted(e["event_id"] for e in events)  # each once, none left
+
+
+def test_app_healthz(app: App, url: str) -> None:
+    status, body = app.client.get("/healthz")
+    assert status == 200
+    assert body["ok"] is True
+    assert body["topology"] == ("memory" if url == "memory://" else "standalone")
+    assert body["server"] == ("memory" if url == "memory://" else "redis")
+    assert [node["ok"] for node in body["nodes"]] == [True]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_app_healthz_is_503_while_the_server_is_down(framework: str) -> None:
+    if find_redis_server() is None:
+        if os.environ.get("CI"):
+            pytest.fail("no redis-server; in CI a missing server is a failure")
+        pytest.skip("no redis-server binary")
+    with RedisServer() as private, serve(framework, private.url) as app:
+        assert app.client.get("/healthz")[0] == 200
+        private.stop()
+        status, body = app.client.get("/healthz")
+        assert status == 503
+        assert body["ok"] is False
+        assert body["nodes"][0]["error"]
+
+
+# -- the apps run: their own servers, driven over HTTP --------------------------------
+
+
+def _wait_until_up(server: subprocess.Popen[bytes], base: str, log: Path) -> None:
+    """Until the server answers /healthz (at most 20 s)."""
+    deadline = time.monotonic() + 20
+    for _ in range(400):
+        if server.poll() is not None:
+            pytest.fail(f"the server exited ({server.returncode}):\n{log.read_text()}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1, trust_env=False).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    pytest.fail(f"the server did not answer within 20 s:\n{log.read_text()}")
+
+
+def _stop(server: subprocess.Popen[bytes]) -> int:
+    """Stop the server we started as Ctrl-C would; → its exit status."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGINT)
+        try:
+            return server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return server.wait(timeout=15)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_app_runs_as_a_server(framework: str, url: str, tmp_path: Path) -> None:
+    port, log = free_port(), tmp_path / "server.log"
+    command = [sys.executable, str(EXAMPLES / f"{framework}_app.py"), url, "--port", str(port)]
+    with log.open("wb") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    thread_id = f"slack:C{uuid.uuid4().hex[:10]}:1700000000.1"
+    try:
+        _wait_until_up(server, base, log)
+        with httpx.Client(base_url=base, timeout=10, trust_env=False) as http:
+            event = delivery(thread_id, 1, "hello over HTTP")
+            reply = http.post("/webhook", json=event)
+            assert (reply.status_code, reply.json()) == (200, {"status": "handled", "handled": 1})
+            assert http.post("/webhook", json=event).json() == {"status": "duplicate"}
+            reply = http.get(f"/threads/{thread_id}/history")
+            assert reply.json()["messages"] == [
+                {"event_id": event["event_id"], "text": "hello over HTTP"}
+            ]
+    finally:
+        status = _stop(server)
+    output_text = log.read_text()
+    assert status == 0, output_text
+    if framework == "fastapi":
+        assert "Application shutdown complete" in output_text  # the lifespan's exit ran

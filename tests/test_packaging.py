@@ -56,18 +56,43 @@ def test_the_redis_extra_does_not_pull_in_valkey_py() -> None:
 
 def test_the_core_needs_no_client_library() -> None:
     pulled = closure("chat-state")
-    assert pulled.isdisjoint({"redis", "valkey", "coredis", "chat-sdk"})
+    assert pulled.isdisjoint({"redis", "valkey", "coredis", "chat-sdk", "slack-sdk", "aiogram"})
     assert "anyio" in pulled
 
 
-def test_importing_chat_state_imports_no_client_library() -> None:
+def test_importing_chat_state_imports_no_client_library_and_no_framework() -> None:
     code = (
-        "import sys, chat_state\n"
+        "import sys, chat_state, chat_state.integrations\n"
         "chat_state.State.from_url('memory://')\n"
-        "print(sorted(m for m in ('redis', 'valkey', 'coredis', 'chat_sdk') if m in sys.modules))"
+        "print(sorted(m for m in ('redis', 'valkey', 'coredis', 'chat_sdk', 'slack_sdk',"
+        " 'slack_bolt', 'aiogram') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("integration", "framework", "extra"),
+    [
+        ("chat_sdk", "chat_sdk", "chat-sdk"),
+        ("slack", "slack_sdk", "slack"),
+        ("aiogram", "aiogram", "aiogram"),
+    ],
+)
+def test_an_integration_without_its_framework_says_what_to_install(
+    integration: str, framework: str, extra: str
+) -> None:
+    code = (
+        f"import sys; sys.modules[{framework!r}] = None\n"  # as if it were not installed
+        f"import chat_state.integrations.{integration}"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"ImportError: chat_state.integrations.{integration} needs {framework}:"
+        f' pip install "chat-state[{extra}]"'
+    )
 
 
 # -- the four distributions, from this tree -----------------------------------------------
@@ -90,6 +115,7 @@ EXTRAS = {
 #: library must be here, so that a new one is looked at).
 PROVIDERS = {
     **{package: distribution for distribution, (_, package) in PROJECTS.items()},
+    "aiogram": "aiogram",
     "anyio": "anyio",
     "chat_sdk": "chat-sdk",
     "coredis": "coredis",
@@ -98,6 +124,7 @@ PROVIDERS = {
     "pytest": "pytest",
     "pytest_asyncio": "pytest-asyncio",
     "redis": "redis",
+    "slack_sdk": "slack-sdk",
     "testcontainers": "testcontainers",
     "trio": "trio",
     "valkey": "valkey",
@@ -281,12 +308,17 @@ def test_a_backend_takes_every_core_patch_of_its_minor_version(backend: str) -> 
 
 @pytest.mark.parametrize(
     ("extra", "module", "distribution"),
-    [("otel", "opentelemetry", "opentelemetry-api"), ("chat-sdk", "chat_sdk", "chat-sdk")],
+    [
+        ("otel", "opentelemetry", "opentelemetry-api"),
+        ("chat-sdk", "chat_sdk", "chat-sdk"),
+        ("slack", "slack_sdk", "slack-sdk"),
+        ("aiogram", "aiogram", "aiogram"),
+    ],
 )
 def test_an_optional_modules_extra_declares_what_it_imports(
     extra: str, module: str, distribution: str
 ) -> None:
-    """``chat_state.telemetry`` and ``chat_state.integrations.chat_sdk`` import their
+    """``chat_state.telemetry`` and each of ``chat_state.integrations`` import their
     framework optionally (guarded): their extra brings it, and nothing else does."""
     optional = {i.module for i in third_party_imports("chat-state") if i.optional}
     assert module in optional

@@ -3,7 +3,8 @@
 ``ChatStateStorage`` keeps each user's state and answers in chat-state (memory, Redis,
 Valkey...), so every instance of the bot shares them; ``ChatStateEventIsolation``
 (``storage.create_isolation()``) handles one user's updates one at a time across those
-instances, under a lock renewed while a handler runs.
+instances (in the order they came, within one), under a lock renewed while a handler
+runs.
 
 Run it: ``uv run python examples/aiogram_bot.py [URL]`` (default ``memory://``).
 Without ``BOT_TOKEN`` it needs no Telegram and no network: it feeds a few updates to the
@@ -39,35 +40,29 @@ from aiogram.types import Chat, Message, Update, User
 
 from chat_state.integrations.aiogram import ChatStateStorage
 
-router = Router()
-
 
 class Form(StatesGroup):
     name = State()
     age = State()
 
 
-@router.message(CommandStart())
 async def start(message: Message, state: FSMContext) -> None:
     await state.clear()
     await state.set_state(Form.name)
     await message.answer("Hello! What is your name?")
 
 
-@router.message(Command("cancel"))
 async def cancel(message: Message, state: FSMContext) -> None:
     await state.clear()
     await message.answer("Cancelled. /start to begin again.")
 
 
-@router.message(Form.name, F.text)
 async def name(message: Message, state: FSMContext) -> None:
     await state.update_data(name=message.text)
     await state.set_state(Form.age)
     await message.answer(f"Nice to meet you, {message.text}. How old are you?")
 
 
-@router.message(Form.age, F.text)
 async def age(message: Message, state: FSMContext) -> None:
     if not (message.text or "").isdigit():
         await message.answer("Your age, in digits, please.")
@@ -75,6 +70,16 @@ async def age(message: Message, state: FSMContext) -> None:
     data = await state.update_data(age=int(message.text or 0))
     await state.clear()
     await message.answer(f"{data['name']}, {data['age']}: thank you!")
+
+
+def form_router() -> Router:
+    """A new router with the form's handlers (a router belongs to one dispatcher)."""
+    router = Router(name="form")
+    router.message(CommandStart())(start)
+    router.message(Command("cancel"))(cancel)
+    router.message(Form.name, F.text)(name)
+    router.message(Form.age, F.text)(age)
+    return router
 
 
 def make_dispatcher(url: str) -> tuple[Dispatcher, ChatStateStorage]:
@@ -85,7 +90,7 @@ def make_dispatcher(url: str) -> tuple[Dispatcher, ChatStateStorage]:
         url, key_prefix="aiogram-demo", state_ttl=86_400, data_ttl=86_400
     )
     dp = Dispatcher(storage=storage, events_isolation=storage.create_isolation())
-    dp.include_router(router)
+    dp.include_router(form_router())
     return dp, storage
 
 
@@ -168,8 +173,9 @@ async def demonstrate(url: str) -> None:
         for text in ["thirty", "33"]:
             await dp.feed_update(bot, incoming("ann", text))
         await show_stored(storage)
-        # Two updates from bob at once (a double tap): the isolation lets the second one
-        # in when the first is done, so it sees the state the first one set.
+        # Two updates from bob at once (a double tap): the isolation handles them in the
+        # order they came, the second once the first is done, so it sees the state the
+        # first one set.
         await asyncio.gather(
             dp.feed_update(bot, incoming("bob", "/start")),
             dp.feed_update(bot, incoming("bob", "Bob")),

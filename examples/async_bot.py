@@ -6,12 +6,13 @@ Run it: ``uv run python examples/async_bot.py [URL]`` (default ``memory://``).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
 import anyio
 
-from chat_state import AsyncState, LockLostError, LockUnavailableError, QueueEntry
+from chat_state import AsyncState, ChatStateError, LockLostError, LockUnavailableError, QueueEntry
 
 
 async def handle(state: AsyncState, thread_id: str, message: dict[str, str]) -> None:
@@ -49,7 +50,16 @@ async def on_webhook(state: AsyncState, event_id: str, thread_id: str, text: str
     if not await state.set_if_not_exists(f"dedupe:{event_id}", True, ttl_ms=600_000):
         return "duplicate dropped"
     now = time.time_ns() // 1_000_000
-    await state.enqueue(thread_id, QueueEntry(now, now + 90_000, {"text": text}), max_size=10)
+    try:
+        await state.enqueue(thread_id, QueueEntry(now, now + 90_000, {"text": text}), max_size=10)
+    except Exception:
+        # Not queued (the server is down, a bad thread id...): forget the delivery, so
+        # that the platform's retry is handled, not dropped as a duplicate. Best effort:
+        # if this fails too, the error above still propagates; and after a timeout the
+        # entry may have been queued, so the retry may handle it twice.
+        with contextlib.suppress(ChatStateError):
+            await state.delete(f"dedupe:{event_id}")
+        raise
     handled = await drain(state, thread_id)
     return f"handled {handled} message(s)" if handled else "queued for the worker that holds it"
 

@@ -9,7 +9,8 @@ Run it: ``uv run python examples/chat_sdk_bot.py [URL]`` (default ``memory://``;
 needs ``pip install "chat-state[chat-sdk]"``). It demonstrates itself offline: a few
 deliveries go through ``DemoAdapter``, an in-process stand-in for a platform adapter,
 which prints what the bot posts. The demo writes under a key prefix of its own and
-removes its keys at the end.
+removes its keys when it completes (after a failure they stay, for a look:
+``chat-state clear --url URL --prefix chat-sdk-demo`` removes them).
 
 With a real platform, only the adapter changes (``pip install "chat-sdk[slack]"``)::
 
@@ -160,8 +161,10 @@ async def main(url: str) -> None:
             if len(adapter.posted) == posted:
                 print("   (no reply)")
         print(f"following {THREAD}: {await state.is_subscribed(THREAD)}")
-    finally:
         await state.state.clear()  # the demo's keys only: those under its prefix
+    finally:
+        # Not clear() here: after a failure (the server is down...) it would fail too,
+        # and hide the error that stopped the demo.
         await chat.shutdown()  # disconnects the state
 
 

@@ -20,13 +20,21 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from chat_state import AsyncState, LockLostError, LockUnavailableError, QueueEntry
+from chat_state import (
+    AsyncState,
+    ChatStateError,
+    LockLostError,
+    LockUnavailableError,
+    QueueEntry,
+)
 
 #: Platforms retry a delivery for a few minutes: remember its id for ten.
 DEDUPE_TTL_MS = 10 * 60_000
@@ -38,7 +46,8 @@ HISTORY_TTL_MS = 24 * 60 * 60_000
 
 
 class Event(BaseModel):
-    """One delivery from the platform (anything else gets a 422)."""
+    """One delivery from the platform (anything else gets a 422). A ``str`` field
+    refuses a lone surrogate ("\\ud800", legal in JSON), which UTF-8 cannot encode."""
 
     event_id: str = Field(min_length=1)
     thread_id: str = Field(min_length=1)
@@ -94,7 +103,16 @@ async def webhook(event: Event, state: StateDep, response: Response) -> dict[str
     now = time.time_ns() // 1_000_000
     message = {"event_id": event.event_id, "text": event.text}
     entry = QueueEntry(now, now + QUEUE_ENTRY_TTL_MS, message)
-    await state.enqueue(event.thread_id, entry, max_size=QUEUE_MAX_SIZE)
+    try:
+        await state.enqueue(event.thread_id, entry, max_size=QUEUE_MAX_SIZE)
+    except Exception:
+        # Not queued (the server is down...): forget the delivery, so that the
+        # platform's retry is handled, not dropped as a duplicate. Best effort: if this
+        # fails too, the error above still propagates (a 500); and after a timeout the
+        # entry may have been queued, so the retry may handle it twice.
+        with suppress(ChatStateError):
+            await state.delete(f"dedupe:{event.event_id}")
+        raise
     handled = await drain(state, event.thread_id)
     if handled:
         return {"status": "handled", "handled": handled}
@@ -116,6 +134,13 @@ async def healthz(state: StateDep, response: Response) -> dict[str, Any]:
     return health.as_dict()
 
 
+async def refuse(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, without the input it echoes: a lone surrogate in it cannot be
+    written as UTF-8, which would turn the 422 into a 500."""
+    errors = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
 def create_app(url: str = "memory://") -> FastAPI:
     """The app; its AsyncState is connected while the server runs."""
 
@@ -125,7 +150,7 @@ def create_app(url: str = "memory://") -> FastAPI:
             app.state.chat_state = state
             yield
 
-    app = FastAPI(lifespan=lifespan)
+    app = FastAPI(lifespan=lifespan, exception_handlers={RequestValidationError: refuse})
     app.include_router(router)
     return app
 

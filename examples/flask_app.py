@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import time
 from typing import Any
 
 from flask import Flask, request
 
-from chat_state import LockLostError, LockUnavailableError, QueueEntry, State
+from chat_state import ChatStateError, LockLostError, LockUnavailableError, QueueEntry, State
 
 #: Platforms retry a delivery for a few minutes: remember its id for ten.
 DEDUPE_TTL_MS = 10 * 60_000
@@ -34,6 +35,19 @@ QUEUE_ENTRY_TTL_MS = 90_000
 QUEUE_MAX_SIZE = 100
 HISTORY_LENGTH = 100
 HISTORY_TTL_MS = 24 * 60 * 60_000
+FIELDS = ("event_id", "thread_id", "text")
+
+
+def is_text(value: object) -> bool:
+    """A non-empty string UTF-8 can encode: JSON can carry a lone surrogate ("\\ud800"),
+    which it cannot (chat_state refuses one in a key or thread id)."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def handle(state: State, thread_id: str, message: dict[str, Any]) -> None:
@@ -68,10 +82,12 @@ def drain(state: State, thread_id: str) -> int:
 
 
 def create_app(url: str = "memory://") -> Flask:
-    """The app, with one State connected for the life of the process."""
+    """The app, with one State connected for the life of the process (or until
+    :func:`close_app`)."""
     app = Flask(__name__)
     # Flask has no startup/shutdown hooks (teardown_appcontext runs after every
-    # request): connect here, once, and disconnect when the interpreter exits.
+    # request): connect here, once, and disconnect when the interpreter exits (or in
+    # close_app).
     state = State.from_url(url)
     state.connect()
     atexit.register(state.disconnect)
@@ -80,19 +96,28 @@ def create_app(url: str = "memory://") -> Flask:
     @app.post("/webhook")
     def webhook() -> tuple[dict[str, Any], int]:
         event = request.get_json(silent=True)
-        fields = ("event_id", "thread_id", "text")
-        if not isinstance(event, dict) or not all(
-            isinstance(event.get(f), str) and event[f] for f in fields
-        ):
-            return {"error": "expected JSON with event_id, thread_id and text"}, 400
-        event_id, thread_id, text = (event[f] for f in fields)
+        if not isinstance(event, dict):
+            return {"error": "expected a JSON object with event_id, thread_id and text"}, 400
+        for field in FIELDS:  # all checked before anything is written
+            if not is_text(event.get(field)):
+                return {"error": f"{field}: expected a non-empty string UTF-8 can encode"}, 400
+        event_id, thread_id, text = (event[f] for f in FIELDS)
         # The platform's retry of a delivery we already took: acknowledge, do nothing.
         if not state.set_if_not_exists(f"dedupe:{event_id}", True, ttl_ms=DEDUPE_TTL_MS):
             return {"status": "duplicate"}, 200
         now = time.time_ns() // 1_000_000
         message = {"event_id": event_id, "text": text}
         entry = QueueEntry(now, now + QUEUE_ENTRY_TTL_MS, message)
-        state.enqueue(thread_id, entry, max_size=QUEUE_MAX_SIZE)
+        try:
+            state.enqueue(thread_id, entry, max_size=QUEUE_MAX_SIZE)
+        except Exception:
+            # Not queued (the server is down...): forget the delivery, so that the
+            # platform's retry is handled, not dropped as a duplicate. Best effort: if
+            # this fails too, the error above still propagates (a 500); and after a
+            # timeout the entry may have been queued, so the retry may handle it twice.
+            with contextlib.suppress(ChatStateError):
+                state.delete(f"dedupe:{event_id}")
+            raise
         handled = drain(state, thread_id)
         if handled:
             return {"status": "handled", "handled": handled}, 200
@@ -109,6 +134,13 @@ def create_app(url: str = "memory://") -> Flask:
         return health.as_dict(), 200 if health.ok else 503
 
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Disconnect the app's State now rather than at exit (tests create many apps)."""
+    state: State = app.extensions.pop("chat_state")
+    atexit.unregister(state.disconnect)
+    state.disconnect()
 
 
 if __name__ == "__main__":

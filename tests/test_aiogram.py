@@ -6,10 +6,12 @@ API calls instead of sending them, so ``message.answer()`` works offline. On mem
 a standalone Redis and a Redis Cluster: an FSM form (state and data in chat-state's
 cache namespace, read back through another adapter and raw), two dispatchers ("bot
 instances") sharing a conversation, aiogram's TTLs (seconds), updates of one user
-handled one at a time across instances (renewed past the lock's TTL, given up after
-``wait_ms``, cancelled when the lock is lost), who connects and disconnects the state,
-key builders. Then the import rules (``import chat_state`` never imports aiogram; a
-missing aiogram names the extra to install) and ``examples/aiogram_bot.py``.
+handled one at a time across instances and in arrival order within one (renewed past
+the lock's TTL, given up after ``wait_ms``, cancelled when the lock is lost, the errors
+reaching ``@dp.errors()``), who connects and disconnects the state, key builders
+(topics, business connections), and copying aiogram's RedisStorage records. The form
+is the example's. Then the import rules (``import chat_state`` never imports aiogram; a
+missing aiogram names the extra to install) and ``examples/aiogram_bot.py``, run.
 """
 
 from __future__ import annotations
@@ -18,29 +20,36 @@ import asyncio
 import json
 import logging
 import os
+import runpy
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
+from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+import anyio
 import pytest
-from aiogram import Bot, Dispatcher, F, Router
+from aiogram import Bot, Dispatcher, Router
 from aiogram.client.session.base import BaseSession
 from aiogram.exceptions import DataNotDictLikeError
-from aiogram.filters import Command, CommandStart
+from aiogram.filters import Command
 from aiogram.fsm.context import FSMContext
-from aiogram.fsm.state import State, StatesGroup
+from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import DefaultKeyBuilder, KeyBuilder, StorageKey
+from aiogram.fsm.storage.redis import RedisStorage
+from aiogram.fsm.strategy import FSMStrategy
 from aiogram.methods import SendMessage, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.types import Chat, ErrorEvent, Message, Update, User
 
 from chat_state import (
+    MAX_TTL_MS,
     AsyncState,
     LockLostError,
     LockUnavailableError,
@@ -91,12 +100,7 @@ class RecordingSession(BaseSession):
         return self.check_response(bot, method, 200, content).result  # type: ignore[return-value]
 
     async def stream_content(
-        self,
-        url: str,
-        headers: dict[str, Any] | None = None,
-        timeout: int = 30,
-        chunk_size: int = 65536,
-        raise_for_status: bool = True,
+        self, url: str, *args: Any, **kwargs: Any
     ) -> AsyncGenerator[bytes, None]:
         raise AssertionError(f"unexpected download of {url}")
         yield b""  # (an async generator)
@@ -136,40 +140,14 @@ def key(user_id: int = ANN, **fields: Any) -> StorageKey:
     return StorageKey(bot_id=BOT_ID, chat_id=user_id, user_id=user_id, **fields)
 
 
-# -- the form -----------------------------------------------------------------------------
+# -- the form: the example's ---------------------------------------------------------------
 
-
-class Form(StatesGroup):
-    name = State()
-    age = State()
-
-
-def form_router() -> Router:
-    """A new router with the form's handlers (a router belongs to one dispatcher)."""
-    router = Router()
-
-    @router.message(CommandStart())
-    async def start(message: Message, state: FSMContext) -> None:
-        await state.clear()
-        await state.set_state(Form.name)
-        await message.answer("What is your name?")
-
-    @router.message(Form.name, F.text)
-    async def name(message: Message, state: FSMContext) -> None:
-        await state.update_data(name=message.text)
-        await state.set_state(Form.age)
-        await message.answer(f"Nice to meet you, {message.text}. How old are you?")
-
-    @router.message(Form.age, F.text)
-    async def age(message: Message, state: FSMContext) -> None:
-        if not (message.text or "").isdigit():
-            await message.answer("Your age, in digits, please.")
-            return
-        data = await state.update_data(age=int(message.text or 0))
-        await state.clear()
-        await message.answer(f"{data['name']}, {data['age']}: thank you!")
-
-    return router
+#: examples/aiogram_bot.py's globals (it is not a package; run as a module, not as main).
+example = runpy.run_path(str(EXAMPLES / "aiogram_bot.py"), run_name="aiogram_bot_example")
+Form = example["Form"]
+#: A new router with the example's form handlers (a router belongs to one dispatcher).
+form_router: Callable[[], Router] = example["form_router"]
+ASK_NAME = "Hello! What is your name?"
 
 
 # -- fixtures -----------------------------------------------------------------------------
@@ -222,7 +200,7 @@ async def test_a_form_keeps_its_state_and_data_in_chat_state(
     state_key, data_key = cache_key(target, "fsm:42:42:state"), cache_key(target, "fsm:42:42:data")
 
     await dp.feed_update(bot, update("/start"))
-    assert session.sent == [(ANN, "What is your name?")]
+    assert session.sent == [(ANN, ASK_NAME)]
     assert target.raw.get(state_key) == '"Form:name"'
     assert target.raw.get(data_key) is None
     assert await reader.get_state(key()) == "Form:name"
@@ -263,8 +241,8 @@ async def test_two_bot_instances_share_a_conversation(
     await two.feed_update(bot_two, update("33"))
     await one.feed_update(bot_one, update("44", user_id=BOB))
     assert sent_one.sent == [
-        (ANN, "What is your name?"),
-        (BOB, "What is your name?"),
+        (ANN, ASK_NAME),
+        (BOB, ASK_NAME),
         (BOB, "Bob, 44: thank you!"),
     ]
     assert sent_two.sent == [
@@ -300,6 +278,37 @@ async def test_set_state_none_and_set_data_empty_delete_their_keys(
     await storage.set_state(key(), State())
     assert target.raw.get(state_key) is None
     assert await storage.get_state(key()) is None
+
+
+class Step(str, Enum):
+    """States as a str enum: ``str()`` of one is ``"Step.name"``, its text ``"Form:name"``."""
+
+    name = "Form:name"
+    age = "Form:age"
+
+
+@on_targets
+async def test_a_str_subclass_state_is_stored_as_its_text(
+    target: Target, open_state: Callable[[], Awaitable[AsyncState]]
+) -> None:
+    storage = ChatStateStorage(await open_state())
+    await storage.set_state(key(), Step.age)
+    assert target.raw.get(cache_key(target, "fsm:42:42:state")) == '"Form:age"'
+    got = await storage.get_state(key())
+    assert got == "Form:age"
+    assert type(got) is str
+
+
+@on_targets
+async def test_a_state_that_is_not_a_json_string_is_refused(
+    target: Target, open_state: Callable[[], Awaitable[AsyncState]]
+) -> None:
+    storage = ChatStateStorage(await open_state())
+    for written, kind in (("5", "int"), ('{"a": 1}', "dict"), ('["Form:name"]', "list")):
+        # What something else stored there (JSON, but not a string).
+        target.raw.set(cache_key(target, "fsm:42:42:state"), written)
+        with pytest.raises(SerializationError, match=f"'fsm:42:42:state' is a {kind}, not a str"):
+            await storage.get_state(key())
 
 
 @on_targets
@@ -372,15 +381,22 @@ async def test_ttls_are_aiogram_seconds(
 
 @on_targets
 async def test_a_timedelta_ttl_is_kept_to_the_millisecond(
-    open_state: Callable[[], Awaitable[AsyncState]],
+    target: Target, open_state: Callable[[], Awaitable[AsyncState]], request: pytest.FixtureRequest
 ) -> None:
-    storage = ChatStateStorage(await open_state(), state_ttl=timedelta(milliseconds=300))
+    on_memory = target.topology == "memory"
+    if on_memory:
+        request.getfixturevalue("state_clock")  # memory:// time held still
+    storage = ChatStateStorage(
+        await open_state(), state_ttl=timedelta(milliseconds=299, microseconds=1)
+    )
     await storage.set_state(key(), Form.name)
     await storage.set_data(key(), {"name": "Ann"})
-    assert await storage.get_state(key()) == "Form:name"
-    await asyncio.sleep(0.6)
-    assert await storage.get_state(key()) is None
-    assert await storage.get_data(key()) == {"name": "Ann"}  # data_ttl=None: kept
+    state_ttl = target.raw.pttl(cache_key(target, "fsm:42:42:state"))
+    if on_memory:
+        assert state_ttl == 300  # rounded up to the millisecond, not to a second
+    else:
+        assert 0 < state_ttl <= 300
+    assert target.raw.pttl(cache_key(target, "fsm:42:42:data")) == -1  # data_ttl=None
 
 
 @pytest.mark.parametrize(
@@ -428,23 +444,83 @@ def test_lock_times_take_timedeltas_and_the_largest_wait() -> None:
     assert ChatStateEventIsolation(AsyncState.from_url("memory://"), wait_ms=2**53 - 1).wait_ms
 
 
+def test_an_update_waits_for_its_lock_for_good_by_default() -> None:
+    # As aiogram's SimpleEventIsolation and RedisEventIsolation (whose timeout is a TTL).
+    state = AsyncState.from_url("memory://")
+    isolations = [
+        ChatStateEventIsolation(state),
+        ChatStateEventIsolation.from_url("memory://"),
+        ChatStateStorage(state).create_isolation(),
+        ChatStateStorage.from_url("memory://").create_isolation(),
+    ]
+    assert [isolation.wait_ms for isolation in isolations] == [MAX_TTL_MS] * 4
+
+
 # -- the isolation ----------------------------------------------------------------------
 
 
-Journal = list[tuple[Literal["enter", "exit"], str, float]]
+Journal = list[tuple[Literal["enter", "exit"], str]]
+During = Callable[[Message], Awaitable[object]]
 
 
-def journaling_router(journal: Journal, seconds: float) -> Router:
-    """A router whose one handler records entering and leaving, around a sleep."""
+def journaling_router(journal: Journal, during: During | None = None) -> Router:
+    """A router whose one handler records entering and leaving, around ``during``."""
     router = Router()
 
     @router.message()
     async def handle(message: Message) -> None:
-        journal.append(("enter", message.text or "", time.monotonic()))
-        await asyncio.sleep(seconds)
-        journal.append(("exit", message.text or "", time.monotonic()))
+        journal.append(("enter", message.text or ""))
+        if during is not None:
+            await during(message)
+        journal.append(("exit", message.text or ""))
 
     return router
+
+
+def busy(seconds: float) -> During:
+    """A handler's work: ``seconds`` in which another update could interleave."""
+    return lambda _: asyncio.sleep(seconds)
+
+
+def steps(texts: list[str]) -> Journal:
+    """The journal of ``texts`` handled one at a time, in that order."""
+    return [(what, text) for text in texts for what in ("enter", "exit")]
+
+
+class AnnouncingIsolation(ChatStateEventIsolation):
+    """An isolation that says when an update has asked it for its lock."""
+
+    def __init__(self, state: AsyncState, **isolation: Any) -> None:
+        super().__init__(state, **isolation)
+        self.asked = asyncio.Event()
+
+    @asynccontextmanager
+    async def lock(self, key: StorageKey) -> AsyncGenerator[None, None]:
+        self.asked.set()
+        async with super().lock(key):
+            yield None
+
+
+async def feed_failing(dp: Dispatcher, error: type[Exception], *, handled: bool) -> None:
+    """Feed ANN's "hi", whose handling raises ``error``: out of ``feed_update``, or with
+    ``handled``, to an ``@dp.errors()`` handler, which can still answer the user."""
+    bot, session = make_bot()
+    if not handled:
+        with pytest.raises(error):
+            await dp.feed_update(bot, update("hi"))
+        return
+    errors: list[BaseException] = []
+
+    @dp.errors()
+    async def on_error(event: ErrorEvent) -> str:
+        errors.append(event.exception)
+        assert event.update.message is not None
+        await event.update.message.answer(f"Sorry: {type(event.exception).__name__}")
+        return "handled"
+
+    assert await dp.feed_update(bot, update("hi")) == "handled"
+    assert [type(caught) for caught in errors] == [error]
+    assert session.sent == [(ANN, f"Sorry: {error.__name__}")]
 
 
 @on_targets
@@ -452,23 +528,33 @@ async def test_one_users_updates_are_handled_one_at_a_time_across_instances(
     open_state: Callable[[], Awaitable[AsyncState]],
 ) -> None:
     journal: Journal = []
-    one, _, _ = dispatcher(await open_state(), journaling_router(journal, 0.15))
-    two, _, _ = dispatcher(await open_state(), journaling_router(journal, 0.15))
+    one, _, _ = dispatcher(await open_state(), journaling_router(journal, busy(0.15)))
+    two, _, _ = dispatcher(await open_state(), journaling_router(journal, busy(0.15)))
     (bot_one, _), (bot_two, _) = make_bot(), make_bot()
-    started = time.monotonic()
     await asyncio.gather(
         *(
             (one if n % 2 else two).feed_update(bot_one if n % 2 else bot_two, update(f"m{n}"))
             for n in range(4)
         )
     )
-    steps = [(what, text) for what, text, _ in journal]
-    assert len(steps) == 8
+    assert len(journal) == 8
     for n in range(0, 8, 2):  # enter X, exit X: never two at once
-        assert steps[n][0] == "enter"
-        assert steps[n + 1] == ("exit", steps[n][1])
-    assert {text for _, text in steps} == {"m0", "m1", "m2", "m3"}
-    assert time.monotonic() - started >= 4 * 0.15
+        assert journal[n][0] == "enter"
+        assert journal[n + 1] == ("exit", journal[n][1])
+    assert {text for _, text in journal} == {"m0", "m1", "m2", "m3"}
+
+
+@on_targets
+async def test_one_users_updates_are_handled_in_the_order_they_came(
+    open_state: Callable[[], Awaitable[AsyncState]],
+) -> None:
+    journal: Journal = []
+    dp, _, isolation = dispatcher(await open_state(), journaling_router(journal, busy(0.01)))
+    bot, _ = make_bot()
+    texts = [f"m{n}" for n in range(10)]
+    await asyncio.gather(*(dp.feed_update(bot, update(text)) for text in texts))
+    assert journal == steps(texts)
+    assert isolation._gates == {}  # nobody holds or waits: nothing is kept
 
 
 @on_targets
@@ -505,28 +591,44 @@ async def test_a_handler_longer_than_the_lock_ttl_keeps_the_lock(
 ) -> None:
     journal: Journal = []
     observer = await open_state()
-    one, _, isolation = dispatcher(await open_state(), journaling_router(journal, 1.0), ttl_ms=300)
-    two, _, _ = dispatcher(await open_state(), journaling_router(journal, 0.0), ttl_ms=300)
+    lock_id = "fsm:42:42:lock"
+    slow_entered = asyncio.Event()
+    second = AnnouncingIsolation(await open_state(), ttl_ms=1500)
+
+    async def outlast_the_first_ttl(message: Message) -> None:
+        if message.text != "slow":
+            return
+        slow_entered.set()
+        first = await observer.inspect_lock(lock_id)
+        assert first is not None
+        expiry = time.monotonic() + first.ttl_ms / 1000  # had it not been renewed
+        with anyio.fail_after(10):
+            await second.asked.wait()  # the other instance's update wants the lock
+            for _ in range(1000):
+                now = time.monotonic()
+                held = await observer.inspect_lock(lock_id)
+                assert held is not None  # renewed (every 500 ms), never let go
+                if now > expiry:
+                    break
+                await asyncio.sleep(0.05)  # polling the lock, whose TTL is 1.5 s
+            else:
+                pytest.fail("the lock's first TTL never ran out")
+
+    one, _, isolation = dispatcher(
+        await open_state(), journaling_router(journal, outlast_the_first_ttl), ttl_ms=1500
+    )
+    two = Dispatcher(storage=ChatStateStorage(second.state), events_isolation=second)
+    two.include_router(journaling_router(journal))
     (bot_one, _), (bot_two, _) = make_bot(), make_bot()
-    lock_id = isolation.key_builder.build(key(), "lock")
-    assert lock_id == "fsm:42:42:lock"
+    assert isolation.key_builder.build(key(), "lock") == lock_id
 
     async def meanwhile() -> None:
-        await asyncio.sleep(0.1)
-        second = asyncio.ensure_future(two.feed_update(bot_two, update("fast")))
-        await asyncio.sleep(0.6)  # two TTLs after the lock was taken: renewed
-        assert await observer.inspect_lock(lock_id) is not None
-        assert not any(text == "fast" for _, text, _ in journal)
-        await second
+        with anyio.fail_after(10):
+            await slow_entered.wait()
+        await two.feed_update(bot_two, update("fast"))
 
     await asyncio.gather(one.feed_update(bot_one, update("slow")), meanwhile())
-    assert [(what, text) for what, text, _ in journal] == [
-        ("enter", "slow"),
-        ("exit", "slow"),
-        ("enter", "fast"),
-        ("exit", "fast"),
-    ]
-    assert journal[2][2] >= journal[1][2]
+    assert journal == steps(["slow", "fast"])
     assert await observer.inspect_lock(lock_id) is None  # released
 
 
@@ -537,38 +639,57 @@ async def test_a_lock_not_taken_within_wait_ms_raises_lock_unavailable(
 ) -> None:
     journal: Journal = []
     holder = await open_state()
-    dp, _, isolation = dispatcher(await open_state(), journaling_router(journal, 0.0), wait_ms=200)
-    errors: list[BaseException] = []
-    if with_error_handler:
-
-        @dp.errors()
-        async def on_error(event: ErrorEvent) -> str:
-            errors.append(event.exception)
-            return "handled"
-
+    dp, _, isolation = dispatcher(await open_state(), journaling_router(journal), wait_ms=200)
     held = await holder.acquire_lock(isolation.key_builder.build(key(), "lock"), 10_000)
     assert held is not None
-    bot, _ = make_bot()
-    started = time.monotonic()
-    if with_error_handler:
-        assert await dp.feed_update(bot, update("hi")) == "handled"
-        (error,) = errors
-        assert isinstance(error, LockUnavailableError)
-    else:
-        with pytest.raises(LockUnavailableError):
-            await dp.feed_update(bot, update("hi"))
-    assert time.monotonic() - started >= 0.2
+    await feed_failing(dp, LockUnavailableError, handled=with_error_handler)
     assert journal == []  # the handler never ran
+    bot, _ = make_bot()
     # Another user is not held up; and once released, the first user's update runs.
     await dp.feed_update(bot, update("hi", user_id=BOB))
     await holder.release_lock(held)
     await dp.feed_update(bot, update("again"))
-    assert [text for what, text, _ in journal if what == "exit"] == ["hi", "again"]
+    assert [text for what, text in journal if what == "exit"] == ["hi", "again"]
+    assert isolation._gates == {}
 
 
 @on_targets
+@pytest.mark.parametrize("wait_ms", [0, 200])
+async def test_an_update_queued_in_this_process_waits_no_longer_than_wait_ms(
+    open_state: Callable[[], Awaitable[AsyncState]], wait_ms: int
+) -> None:
+    journal: Journal = []
+    entered, done = asyncio.Event(), asyncio.Event()
+
+    async def hold(message: Message) -> None:
+        if message.text == "slow":
+            entered.set()
+            with anyio.fail_after(10):
+                await done.wait()
+
+    dp, _, isolation = dispatcher(
+        await open_state(), journaling_router(journal, hold), wait_ms=wait_ms
+    )
+    bot, _ = make_bot()
+    slow = asyncio.ensure_future(dp.feed_update(bot, update("slow")))
+    try:
+        with anyio.fail_after(10):
+            await entered.wait()
+            # Behind "slow" in this process's queue for the lock: given up after wait_ms.
+            with pytest.raises(LockUnavailableError, match=repr("fsm:42:42:lock")):
+                await dp.feed_update(bot, update("queued"))
+        assert not slow.done()
+    finally:
+        done.set()
+        await slow
+    assert journal == steps(["slow"])
+    assert isolation._gates == {}
+
+
+@on_targets
+@pytest.mark.parametrize("with_error_handler", [False, True])
 async def test_a_lost_lock_cancels_the_handler_and_raises_lock_lost(
-    open_state: Callable[[], Awaitable[AsyncState]],
+    open_state: Callable[[], Awaitable[AsyncState]], with_error_handler: bool
 ) -> None:
     other = await open_state()
     entered, outcome = asyncio.Event(), []
@@ -592,13 +713,14 @@ async def test_a_lost_lock_cancels_the_handler_and_raises_lock_lost(
         await other.force_release_lock(lock_id)
         assert await other.acquire_lock(lock_id, 10_000) is not None
 
-    bot, _ = make_bot()
-    started = time.monotonic()
-    with pytest.raises(LockLostError):
-        await asyncio.gather(dp.feed_update(bot, update("hi")), take_it_over())
-    assert time.monotonic() - started < 5
+    takeover = asyncio.ensure_future(take_it_over())
+    try:
+        await feed_failing(dp, LockLostError, handled=with_error_handler)
+    finally:
+        await takeover  # never left pending
     assert outcome == ["cancelled"]
     assert await other.inspect_lock(lock_id) is not None  # the new holder's, left alone
+    assert isolation._gates == {}
 
 
 # -- who connects ---------------------------------------------------------------------------
@@ -677,7 +799,7 @@ async def test_create_isolation_shares_the_storages_state_and_its_shutdown(
     try:
         # The FSM middleware takes the lock first: the isolation connects the state.
         await dp.feed_update(bot, update("/start"))
-        assert session.texts() == ["What is your name?"]
+        assert session.texts() == [ASK_NAME]
         assert target.raw.get(cache_key(target, "b:42:42:state")) == '"Form:name"'
         await isolation.close()
         assert storage.state.is_connected  # the storage's to disconnect
@@ -768,6 +890,100 @@ async def test_key_builders_name_the_records_and_the_lock(
 
 
 @on_targets
+async def test_topics_and_business_connections_name_their_records_and_locks(
+    target: Target, open_state: Callable[[], Awaitable[AsyncState]]
+) -> None:
+    observer, adapter = await open_state(), await open_state()
+    builder = DefaultKeyBuilder(with_business_connection_id=True)
+    held: list[list[str]] = []  # the locks held while each update is handled
+    router = Router()
+
+    async def note(message: Message, state: FSMContext) -> None:
+        held.append(sorted([info.thread_id async for info in observer.iter_locks()]))
+        await state.set_state(Form.name)
+        await state.update_data(text=message.text)
+
+    router.message()(note)
+    router.business_message()(note)
+    storage = ChatStateStorage(adapter, builder)
+    dp = Dispatcher(
+        storage=storage,
+        events_isolation=ChatStateEventIsolation(adapter, builder),
+        fsm_strategy=FSMStrategy.USER_IN_TOPIC,  # a topic's thread id is in the key
+    )
+    dp.include_router(router)
+    bot, _ = make_bot()
+    group, topic = -1001, 7
+    in_topic = Message(
+        message_id=1,
+        date=datetime.now(timezone.utc),
+        chat=Chat(id=group, type="supergroup", is_forum=True),
+        message_thread_id=topic,
+        is_topic_message=True,
+        from_user=User(id=ANN, is_bot=False, first_name="Ann"),
+        text="in a topic",
+    )
+    business = update("for a business").message
+    assert business is not None
+    await dp.feed_update(bot, Update(update_id=next(_update_ids), message=in_topic))
+    await dp.feed_update(
+        bot,
+        Update(
+            update_id=next(_update_ids),
+            business_message=business.model_copy(update={"business_connection_id": "bc1"}),
+        ),
+    )
+    assert held == [[f"fsm:{group}:{topic}:{ANN}:lock"], [f"fsm:bc1:{ANN}:{ANN}:lock"]]
+    assert await observer.inspect_lock(f"fsm:{group}:{topic}:{ANN}:lock") is None
+    for name, text in (
+        (f"fsm:{group}:{topic}:{ANN}", "in a topic"),
+        ("fsm:bc1:42:42", "for a business"),
+    ):
+        assert target.raw.get(cache_key(target, f"{name}:state")) == '"Form:name"'
+        assert json.loads(target.raw.get(cache_key(target, f"{name}:data")) or "null") == {
+            "text": text
+        }
+    # Not the records of the chat and user outside the topic, or without the connection.
+    assert await storage.get_state(key()) is None
+    assert await storage.get_state(StorageKey(BOT_ID, group, ANN)) is None
+    assert await storage.get_state(StorageKey(BOT_ID, group, ANN, thread_id=topic)) == "Form:name"
+    assert await storage.get_data(key(business_connection_id="bc1")) == {"text": "for a business"}
+
+
+@pytest.mark.targets(["redis-server/standalone/redis-py"])
+async def test_records_of_aiograms_redis_storage_are_copied_as_documented(
+    target: Target, open_state: Callable[[], Awaitable[AsyncState]]
+) -> None:
+    state = await open_state()
+    builder = DefaultKeyBuilder(prefix=f"{target.prefix}-fsm")  # (not "fsm": a shared server)
+    state_key, data_key = (builder.build(key(), part) for part in ("state", "data"))
+    theirs = RedisStorage.from_url(target.url, key_builder=builder, state_ttl=60)
+    ours = ChatStateStorage(state, builder, state_ttl=60)
+    redis = theirs.redis
+    try:
+        await theirs.set_state(key(), Form.age)
+        await theirs.set_data(key(), {"name": "Ann", "tags": ["a"]})
+        assert await redis.get(state_key) == b"Form:age"  # a bare string
+        # Other keys, and a bare string for the state: not read here.
+        assert await ours.get_state(key()) is None
+        assert await ours.get_data(key()) == {}
+        # The copy the module's docstring describes (with the bot stopped).
+        async for raw_name in redis.scan_iter(match=f"{builder.prefix}:*"):
+            name, raw = raw_name.decode(), await redis.get(raw_name)
+            assert isinstance(raw, bytes)
+            ttl_ms = max(await redis.pttl(raw_name), 0)  # -1 (no expiry): 0, never
+            value = raw.decode()
+            await state.set(name, json.loads(value) if name.endswith(":data") else value, ttl_ms)
+        assert await ours.get_state(key()) == "Form:age"
+        assert await ours.get_data(key()) == {"name": "Ann", "tags": ["a"]}
+        assert 55_000 < target.raw.pttl(cache_key(target, state_key)) <= 60_000
+        assert target.raw.pttl(cache_key(target, data_key)) == -1
+    finally:
+        await redis.delete(state_key, data_key)
+        await theirs.close()
+
+
+@on_targets
 async def test_data_that_json_cannot_give_back_is_refused(
     target: Target, open_state: Callable[[], Awaitable[AsyncState]]
 ) -> None:
@@ -849,17 +1065,12 @@ def test_without_aiogram_the_error_names_the_extra(how: str) -> None:
 # -- the example ----------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
-def example_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "memory":
-        return "memory://"
-    return str(request.getfixturevalue("redis_url"))
-
-
-def test_the_aiogram_example_runs_offline(example_url: str) -> None:
+@pytest.mark.parametrize("where", ["memory", "redis"])
+def test_the_aiogram_example_runs_offline(where: str, request: pytest.FixtureRequest) -> None:
+    url = "memory://" if where == "memory" else str(request.getfixturevalue("redis_url"))
     environment = {k: v for k, v in os.environ.items() if k != "BOT_TOKEN"}
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "aiogram_bot.py"), example_url],
+        [sys.executable, str(EXAMPLES / "aiogram_bot.py"), url],
         capture_output=True,
         text=True,
         timeout=60,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import functools
+import gc
 import importlib.util
+import inspect
 import json
 import os
 import random
@@ -16,6 +19,7 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ import anyio.to_thread
 import httpx
 import pytest
 
+from chat_state import AsyncState, BackendError, NotConnectedError, QueueEntry, State
 from chat_state.testing import RedisServer, find_redis_server, free_port
 
 with warnings.catch_warnings():
@@ -54,12 +59,65 @@ def url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("redis_url"))
 
 
+def require_redis_server() -> None:
+    if find_redis_server() is None:
+        if os.environ.get("CI"):
+            pytest.fail("no redis-server; in CI a missing server is a failure")
+        pytest.skip("no redis-server binary")
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, target: object, name: str) -> list[str]:
+    """Make ``target.name`` (sync or async) raise BackendError, as with the server down,
+    the first time it is called, without calling the real one; → the calls that failed."""
+    call, failed = getattr(target, name), list[str]()
+
+    def fail() -> None:
+        if not failed:
+            failed.append(name)
+            raise BackendError(f"{name}: connection refused (the test's)")
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        fail()
+        return call(*args, **kwargs)
+
+    async def failing_async(*args: Any, **kwargs: Any) -> Any:
+        fail()
+        return await call(*args, **kwargs)
+
+    is_async = inspect.iscoroutinefunction(call)
+    monkeypatch.setattr(target, name, failing_async if is_async else failing)
+    return failed
+
+
 def test_async_bot(url: str) -> None:
     output = run_example("async_bot.py", url)
     assert "e1 handled 1 message(s)" in output
     assert "e1 duplicate dropped" in output
     assert "e2 handled 1 message(s)" in output
     assert "history: [{'text': 'hello'}, {'text': 'héllo again'}]" in output
+
+
+@pytest.mark.anyio
+async def test_async_bot_forgets_a_delivery_it_could_not_queue(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When enqueue fails after the de-dup key was written (a thread id chat_state
+    refuses; the server down), on_webhook removes the key: the retry is handled."""
+    bot = load_example("async_bot")
+    thread = f"slack:C{uuid.uuid4().hex[:10]}:1700000000.1"
+    event_id = f"{thread}/e1"
+    async with AsyncState.from_url(url) as state:
+        with pytest.raises(ValueError, match="lone surrogate"):
+            await bot.on_webhook(state, event_id, thread + "\ud800", "hello")
+        assert await state.get(f"dedupe:{event_id}") is None
+        failed = fail_once(monkeypatch, state, "enqueue")
+        with pytest.raises(BackendError, match="the test's"):
+            await bot.on_webhook(state, event_id, thread, "hello")
+        assert failed == ["enqueue"]
+        assert await state.get(f"dedupe:{event_id}") is None
+        assert await bot.on_webhook(state, event_id, thread, "hello") == "handled 1 message(s)"
+        assert await bot.on_webhook(state, event_id, thread, "hello") == "duplicate dropped"
+        assert await state.get_list(f"history:{thread}") == [{"text": "hello"}]
 
 
 def test_sync_worker(url: str) -> None:
@@ -145,10 +203,34 @@ def test_chat_sdk_bot(url: str) -> None:
         assert lines == expected
 
 
+class PlatformDown(Exception):
+    """What stops the demo in the test below."""
+
+
+def test_chat_sdk_bot_raises_the_error_that_stopped_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server goes away, then something stops the demo: main() raises that error,
+    not the one its clean-up would meet on the way out (the demo's keys stay)."""
+    require_redis_server()
+    bot = load_example("chat_sdk_bot")
+    deliver = bot.DemoAdapter.handle_webhook
+    with RedisServer() as private:
+
+        async def handle_webhook(adapter: Any, request: Any, options: Any = None) -> Any:
+            if request["id"] == "m2":
+                private.stop()
+                raise PlatformDown("the platform is down too")
+            return await deliver(adapter, request, options)
+
+        monkeypatch.setattr(bot.DemoAdapter, "handle_webhook", handle_webhook)
+        with pytest.raises(PlatformDown):
+            asyncio.run(bot.main(private.url))
+
+
 # -- the web apps: examples/flask_app.py and examples/fastapi_app.py ------------------
 
 FRAMEWORKS = ["flask", "fastapi"]
 Reply = tuple[int, Any]
+JSON = "application/json"
 
 
 @functools.cache
@@ -171,7 +253,8 @@ class FlaskClient:
         self.app = app
 
     def post(self, path: str, body: Any) -> Reply:
-        response = self.app.test_client().post(path, json=body)
+        data = json.dumps(body)  # ASCII: a lone surrogate is sent as its \u escape
+        response = self.app.test_client().post(path, data=data, content_type=JSON)
         return response.status_code, response.get_json()
 
     def get(self, path: str) -> Reply:
@@ -187,7 +270,8 @@ class FastAPIClient:
         self.client = client
 
     def post(self, path: str, body: Any) -> Reply:
-        response = self.client.post(path, json=body)
+        data = json.dumps(body)  # ASCII: a lone surrogate is sent as its \u escape
+        response = self.client.post(path, content=data, headers={"Content-Type": JSON})
         return response.status_code, response.json()
 
     def get(self, path: str) -> Reply:
@@ -213,7 +297,7 @@ def serve(framework: str, url: str) -> Iterator[App]:
         try:
             yield App(framework, module, state, FlaskClient(flask_app))
         finally:
-            state.disconnect()  # as atexit would at exit
+            module.close_app(flask_app)  # now, not at exit
     else:
         fastapi_app = module.create_app(url)
         with TestClient(fastapi_app) as client:  # runs the lifespan, which connects
@@ -221,9 +305,16 @@ def serve(framework: str, url: str) -> Iterator[App]:
             yield App(framework, module, state, FastAPIClient(client))
 
 
+@pytest.fixture
+def app_url(url: str) -> str:
+    """``url``; memory:// as a store of this test's own, ``memory://NAME``, which a State
+    the test opens on the same URL shares with the app."""
+    return f"memory://examples-{uuid.uuid4().hex[:10]}" if url == "memory://" else url
+
+
 @pytest.fixture(params=FRAMEWORKS)
-def app(request: pytest.FixtureRequest, url: str) -> Iterator[App]:
-    with serve(request.param, url) as served:
+def app(request: pytest.FixtureRequest, app_url: str) -> Iterator[App]:
+    with serve(request.param, app_url) as served:
         yield served
 
 
@@ -235,6 +326,13 @@ def thread_id() -> str:
 
 def delivery(thread_id: str, n: int, text: str = "") -> dict[str, str]:
     return {"event_id": f"{thread_id}/e{n}", "thread_id": thread_id, "text": text or f"m{n}"}
+
+
+def keys_of(url: str, thread_id: str) -> list[str]:
+    """The keys that name the thread (its queue, its history, its deliveries' de-dup
+    keys), seen through a State of the test's own on the app's URL and prefix."""
+    with State.from_url(url) as state:
+        return sorted(key for key in state.iter_keys() if thread_id in key)
 
 
 def history(app: App, thread_id: str) -> list[Any]:
@@ -278,6 +376,72 @@ def test_app_refuses_a_malformed_delivery(app: App, thread_id: str) -> None:
     assert history(app, thread_id) == []
     # Nothing was remembered of them: the event is taken when it comes whole.
     assert app.client.post("/webhook", delivery(thread_id, 1))[1]["status"] == "handled"
+
+
+@pytest.mark.parametrize("field", ["event_id", "thread_id", "text"])
+def test_app_refuses_a_lone_surrogate_before_writing(
+    app: App, app_url: str, thread_id: str, field: str
+) -> None:
+    """A lone surrogate ("\\ud800", legal in JSON; UTF-8 cannot encode it) in any field
+    is refused before anything is written: the corrected retry is handled, not taken
+    for a duplicate."""
+    refused = 400 if app.framework == "flask" else 422
+    event = delivery(thread_id, 1)
+    status, body = app.client.post("/webhook", {**event, field: event[field] + "\ud800"})
+    assert status == refused
+    assert field in json.dumps(body)  # the reply names the field
+    assert keys_of(app_url, thread_id) == []
+    assert app.client.post("/webhook", event) == (200, {"status": "handled", "handled": 1})
+    assert history(app, thread_id) == [{"event_id": event["event_id"], "text": "m1"}]
+
+
+def test_app_forgets_a_delivery_it_could_not_queue(
+    app: App, app_url: str, thread_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The enqueue fails (as when the server is down) after the de-dup key was written:
+    the app removes the key before it fails the request, so the retry is handled."""
+    failed = fail_once(monkeypatch, app.state, "enqueue")
+    event = delivery(thread_id, 1)
+    if app.framework == "flask":
+        assert app.client.post("/webhook", event)[0] == 500
+    else:  # Starlette's TestClient raises what the app raised (served: a 500)
+        with pytest.raises(BackendError, match="the test's"):
+            app.client.post("/webhook", event)
+    assert failed == ["enqueue"]
+    assert keys_of(app_url, thread_id) == []
+    assert app.client.post("/webhook", event) == (200, {"status": "handled", "handled": 1})
+    assert app.client.post("/webhook", event) == (200, {"status": "duplicate"})
+    assert history(app, thread_id) == [{"event_id": event["event_id"], "text": "m1"}]
+
+
+def test_app_drops_a_queued_message_that_expired(app: App, app_url: str, thread_id: str) -> None:
+    """An entry past its expires_at, waiting in the thread's queue, is taken off the
+    queue and dropped: not handled, not in the history."""
+    now = time.time_ns() // 1_000_000
+    stale = QueueEntry(now - 120_000, now - 30_000, {"event_id": "stale", "text": "too late"})
+    with State.from_url(app_url) as other:
+        assert other.enqueue(thread_id, stale, max_size=10) == 1
+    reply = app.client.post("/webhook", delivery(thread_id, 1))
+    assert reply == (200, {"status": "handled", "handled": 1})
+    assert [m["text"] for m in history(app, thread_id)] == ["m1"]
+    with State.from_url(app_url) as other:
+        assert other.queue_depth(thread_id) == 0
+
+
+def test_flask_close_app_lets_the_state_go() -> None:
+    """close_app disconnects the app's State and drops its exit hook: nothing keeps it."""
+    module = load_example("flask_app")
+    flask_app = module.create_app("memory://")
+    state = flask_app.extensions["chat_state"]
+    assert state.is_connected
+    module.close_app(flask_app)
+    assert not state.is_connected
+    with pytest.raises(NotConnectedError):
+        state.get("anything")
+    gone = weakref.ref(state)
+    del flask_app, state
+    gc.collect()
+    assert gone() is None  # the atexit hook would still hold it
 
 
 class Pause:
@@ -405,10 +569,7 @@ def test_app_healthz(app: App, url: str) -> None:
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_app_healthz_is_503_while_the_server_is_down(framework: str) -> None:
-    if find_redis_server() is None:
-        if os.environ.get("CI"):
-            pytest.fail("no redis-server; in CI a missing server is a failure")
-        pytest.skip("no redis-server binary")
+    require_redis_server()
     with RedisServer() as private, serve(framework, private.url) as app:
         assert app.client.get("/healthz")[0] == 200
         private.stop()

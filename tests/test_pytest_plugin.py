@@ -727,19 +727,25 @@ def test_a_store_measures_time_on_its_clock() -> None:
 
 
 def test_the_default_clock_can_be_replaced_and_restored() -> None:
-    assert get_default_clock() is monotonic_ms
+    # monotonic_ms, or the clock an earlier state_clock test left ahead of it
+    original = get_default_clock()
     start = monotonic_ms()
     now = [start]
     store = MemoryStore()  # follows the default clock, also when it is replaced later
     previous = set_default_clock(lambda: now[0])
+    assert previous is original
     try:
         store.set("k", "v", px=100)
         now[0] += 100
         assert store.get("k") is None
     finally:
-        assert set_default_clock(previous) is not monotonic_ms
-    assert get_default_clock() is monotonic_ms
-    assert set_default_clock(None) is monotonic_ms
+        assert set_default_clock(previous) is not original
+    assert get_default_clock() is original
+    assert set_default_clock(None) is original  # None: back to monotonic_ms
+    try:
+        assert get_default_clock() is monotonic_ms
+    finally:
+        set_default_clock(original)
 
 
 def test_a_clock_must_be_callable() -> None:

@@ -55,6 +55,7 @@ from chat_state import (
     LockUnavailableError,
     NotConnectedError,
     SerializationError,
+    cli,
 )
 from chat_state.integrations.aiogram import ChatStateEventIsolation, ChatStateStorage
 
@@ -1097,3 +1098,27 @@ def test_the_aiogram_example_runs_offline(where: str, request: pytest.FixtureReq
         "bob> 44",
         "bot> Bob, 44: thank you!",
     ]
+
+
+@pytest.mark.targets(["memory", "redis-server/standalone/redis-py"])
+async def test_the_records_and_the_lock_are_read_with_the_operator_commands(
+    target: Target,
+    open_state: Callable[[], Awaitable[AsyncState]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    state = await open_state()
+    storage, isolation = ChatStateStorage(state), ChatStateEventIsolation(state)
+    key = StorageKey(bot_id=1, chat_id=42, user_id=42)
+    await storage.set_state(key, "Form:age")
+    await storage.set_data(key, {"name": "Ann"})
+    where = ["--url", target.url, "--prefix", target.prefix, "--json"]
+    capsys.readouterr()
+    async with isolation.lock(key):
+        # (the CLI is blocking: in a worker thread, while this loop renews the lock)
+        assert await anyio.to_thread.run_sync(cli.main, ["locks", *where]) == 0
+        (held,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert held["thread_id"] == "fsm:42:42:lock"
+    assert cli.main(["get", "fsm:42:42:data", *where]) == 0
+    assert json.loads(capsys.readouterr().out) == {"name": "Ann"}
+    assert cli.main(["get", "fsm:42:42:state", *where]) == 0
+    assert json.loads(capsys.readouterr().out) == "Form:age"

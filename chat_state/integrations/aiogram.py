@@ -108,7 +108,7 @@ def _record_ttl(name: str, ttl: object) -> int | None:
             f"{name} is in seconds and must be from 1 to {MAX_TTL_MS // _SECOND_MS} "
             f"(or None: no expiry), got {ttl}"
         )
-    return int(ttl) * _SECOND_MS
+    return ttl * _SECOND_MS
 
 
 class _OnState:

@@ -169,18 +169,30 @@ def _check_facade(store: object, state: object, facade: type) -> None:
     """A sync store takes a State, an async one an AsyncState: the other is refused."""
     if not isinstance(state, facade):
         name = type(store).__name__
-        other = name.removeprefix("Async") if facade is AsyncState else f"Async{name}"
-        other_facade = "State" if facade is AsyncState else "AsyncState"
+        twin = (
+            f"{name.removeprefix('Async')} takes a State"
+            if facade is AsyncState
+            else (f"Async{name} takes an AsyncState")
+        )
         raise TypeError(
-            f"{name} takes a chat_state.{facade.__name__}, not {type(state).__name__}"
-            f" ({other} takes {'an' if other_facade == 'AsyncState' else 'a'} {other_facade})"
+            f"{name} takes a chat_state.{facade.__name__}, not {type(state).__name__} ({twin})"
         )
 
 
-def _logger(logger: logging.Logger | None) -> logging.Logger:
-    if logger is not None and not isinstance(logger, logging.Logger):
-        raise TypeError(f"logger must be a logging.Logger, not {type(logger).__name__}")
-    return logger or _LOGGER
+class _OfAnApp:
+    """What every store has: its app's namespace (``client_id``) and its logger."""
+
+    def __init__(self, *, client_id: str | None, logger: logging.Logger | None) -> None:
+        if logger is not None and not isinstance(logger, logging.Logger):
+            raise TypeError(f"logger must be a logging.Logger, not {type(logger).__name__}")
+        self._app = _app(client_id)
+        self.client_id = client_id
+        self._logger = logger or _LOGGER
+
+    @property
+    def logger(self) -> logging.Logger:
+        """The logger slack_sdk's stores have (``chat_state.integrations.slack``)."""
+        return self._logger
 
 
 def _document(record: Bot | Installation) -> dict[str, Any]:
@@ -295,7 +307,7 @@ async def _run_async(state: AsyncState, plan: _Plan[_T], lock: str | None = None
             return done.value  # type: ignore[no-any-return]
 
 
-class _Stores:
+class _Stores(_OfAnApp):
     """What the installation stores share: where a workspace's records are, and the
     plans of their methods."""
 
@@ -312,16 +324,9 @@ class _Stores:
             raise TypeError(f"historical_data_enabled must be a bool, not {kind}")
         if type(history_length) is not int or history_length < 1:
             raise ConfigurationError(f"history_length must be an int >= 1, not {history_length!r}")
-        self._app = _app(client_id)
-        self.client_id = client_id
+        super().__init__(client_id=client_id, logger=logger)
         self.historical_data_enabled = historical_data_enabled
         self.history_length = history_length
-        self._logger = _logger(logger)
-
-    @property
-    def logger(self) -> logging.Logger:
-        """The logger slack_sdk's stores have (``chat_state.integrations.slack``)."""
-        return self._logger
 
     def _team(
         self, enterprise_id: str | None, team_id: str | None, is_enterprise_install: bool | None
@@ -398,20 +403,22 @@ class _Stores:
             yield ("delete", team.user(user))
             yield ("delete", team.user_history(user))
         left = [user for user in installers if user not in gone]
+        if not left:
+            yield ("delete", team.installation)
+            yield ("delete", team.installers)
+            return
         latest = yield ("get", team.installation)
-        if left and isinstance(latest, dict) and latest.get("user_id") in gone:
+        if isinstance(latest, dict) and latest.get("user_id") in gone:
             documents = []
             for user in left:
                 documents.append((yield ("get", team.user(user))))
-            latest = _newest(documents)
-        if left and latest is not None:
-            yield ("set", team.installation, latest)
-        else:
-            yield ("delete", team.installation)
-        if left:
+            newest = _newest(documents)
+            if newest is None:
+                yield ("delete", team.installation)
+            else:
+                yield ("set", team.installation, newest)
+        if left != installers:
             yield ("set", team.installers, left)
-        else:
-            yield ("delete", team.installers)
 
 
 class InstallationStore(_Stores, _InstallationStore):
@@ -575,7 +582,7 @@ class AsyncInstallationStore(_Stores, _AsyncInstallationStore):
 # -- OAuth states ------------------------------------------------------------------
 
 
-class _States:
+class _States(_OfAnApp):
     """What the OAuth state stores share: where a state lives, for how long, and the
     plans of their methods."""
 
@@ -586,15 +593,8 @@ class _States:
             raise ConfigurationError(
                 f"expiration_seconds must be an int >= 1, not {expiration_seconds!r}"
             )
-        self._app = _app(client_id)
-        self.client_id = client_id
+        super().__init__(client_id=client_id, logger=logger)
         self.expiration_seconds = expiration_seconds
-        self._logger = _logger(logger)
-
-    @property
-    def logger(self) -> logging.Logger:
-        """The logger slack_sdk's stores have (``chat_state.integrations.slack``)."""
-        return self._logger
 
     def _key(self, state: str) -> str:
         # (only a UUID's text gets here: no state can name another's key)

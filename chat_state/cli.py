@@ -774,14 +774,28 @@ URL_HELP = (
 )
 
 
-def _common() -> argparse.ArgumentParser:
-    """The options every operator command takes."""
-    common = argparse.ArgumentParser(add_help=False)
-    add = common.add_argument
+def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every operator command takes, before or after its name.
+
+    The top parser gives the defaults; a command's parser sets only what is given
+    after the name (``SUPPRESS``), so it never undoes what was given before it.
+    """
+
+    def add(*names: str, **kwargs: Any) -> None:
+        if not defaults:
+            kwargs["default"] = argparse.SUPPRESS
+        parser.add_argument(*names, **kwargs)
+
     add("--url", help=URL_HELP)
-    add("--prefix", default=DEFAULT_PREFIX, help="the key prefix (default: %(default)s)")
+    add("--prefix", help=f"the key prefix (default: {DEFAULT_PREFIX})")
     add("--driver", help="the client library: redis, valkey or coredis (default: the URL's)")
     add("--json", action="store_true", help="print JSON (JSON lines for the listings)")
+
+
+def _common() -> argparse.ArgumentParser:
+    """The operator commands' own copy of the common options (see :func:`_add_common`)."""
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, defaults=False)
     return common
 
 
@@ -805,9 +819,9 @@ def _add_demo(commands: Any) -> None:
     add = demo.add_argument
     add(
         "--url",
-        default="memory://",
-        help="state URL, e.g. redis://localhost:6379/0 "
-        "(CHAT_STATE_URL and REDIS_URL are not read: the demo writes only where it is told)",
+        default=argparse.SUPPRESS,
+        help="state URL, e.g. redis://localhost:6379/0 (default: memory://; "
+        "CHAT_STATE_URL and REDIS_URL are not read: the demo writes only where it is told)",
     )
     add("--threads", type=_count, default=50, help="chat threads")
     add("--messages", type=_count, default=2000, help="distinct messages")
@@ -815,7 +829,7 @@ def _add_demo(commands: Any) -> None:
     add("--retry-rate", type=_rate, default=0.3, help="chance a message is delivered again")
     add("--seed", type=int, default=1, help="seed of the delivery schedule")
     add("--key-prefix", default="chat-state-demo", help="prefix of every key written")
-    add("--json", action="store_true", help="print the summary as JSON")
+    add("--json", action="store_true", default=argparse.SUPPRESS, help="print the summary as JSON")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -829,6 +843,7 @@ def parser() -> argparse.ArgumentParser:
         "healthy), 2 usage (bad option or URL).",
     )
     top.add_argument("--version", action="version", version=f"chat-state {__version__}")
+    _add_common(top, defaults=True)
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
     common, scan = _common(), _scan()
 
@@ -982,7 +997,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.print_help(sys.stderr)
         return 2
     if args.command != "demo":
+        if args.prefix is None:
+            args.prefix = DEFAULT_PREFIX
         return operate(args)
+    for option, instead in (("prefix", " (it writes under --key-prefix)"), ("driver", "")):
+        if getattr(args, option) is not None:
+            top.error(f"demo does not take --{option}{instead}")
+    if args.url is None:
+        args.url = "memory://"
     try:
         summary = anyio.run(demo, args)
     except Exception as exc:

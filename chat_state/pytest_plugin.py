@@ -44,6 +44,7 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import signal
 import threading
 import time
 import uuid
@@ -246,7 +247,7 @@ class RunningServer:
 
 #: Servers the plugin started in this process and has not stopped (atexit stops them).
 _running: list[RunningServer] = []
-_running_lock = threading.Lock()
+_running_lock = threading.RLock()  # re-entrant: the SIGTERM handler takes it too
 
 
 @atexit.register
@@ -259,6 +260,26 @@ def _stop_leftovers() -> None:
     for running in leftovers:
         with contextlib.suppress(Exception):
             running.stop()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a CI runner's timeout, ``kill``) ends Python without atexit: stop the
+    servers first, then end as SIGTERM would have."""
+    _stop_leftovers()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stop_on_sigterm(install: bool) -> None:
+    """Install :func:`_on_sigterm` while servers run, where SIGTERM has no handler of
+    the application's; put the default back when none runs."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set a handler
+    current = signal.getsignal(signal.SIGTERM)
+    if install and current is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    elif not install and current is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _start_server(spec: ServerSpec) -> RunningServer:
@@ -275,6 +296,7 @@ def _start_server(spec: ServerSpec) -> RunningServer:
     running = RunningServer(spec, handle, "")
     with _running_lock:
         _running.append(running)
+        _stop_on_sigterm(True)
     try:
         handle.start()
     except BaseException:
@@ -286,8 +308,11 @@ def _start_server(spec: ServerSpec) -> RunningServer:
 
 
 def _forget(running: RunningServer) -> None:
-    with _running_lock, contextlib.suppress(ValueError):
-        _running.remove(running)
+    with _running_lock:
+        with contextlib.suppress(ValueError):
+            _running.remove(running)
+        if not _running:
+            _stop_on_sigterm(False)
 
 
 # -- options ---------------------------------------------------------------------------
@@ -400,8 +425,9 @@ def chat_state_server(request: pytest.FixtureRequest) -> Iterator[RunningServer 
     """The server ``--chat-state-server`` started for this session, or ``None``.
 
     Started on first use (never without the option), stopped when the session ends,
-    also when it is interrupted (Ctrl-C, ``pytest.exit()``); servers still running
-    when Python exits are stopped then.
+    also when it is interrupted (Ctrl-C, ``pytest.exit()``, SIGTERM where the
+    application has no SIGTERM handler of its own); servers still running when Python
+    exits are stopped then.
     """
     spec = _settings(request.config).server
     if spec is None:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib.metadata import version
@@ -161,6 +162,8 @@ class _Instruments:
 
 _current: list[_Instruments] = []  # the instruments while instrumented (one)
 _originals: list[tuple[type[Any], str, Any]] = []
+#: Held while the methods are swapped (instrument() calls uninstrument(): re-entrant).
+_switching = threading.RLock()
 
 
 class _Active:
@@ -373,19 +376,21 @@ def instrument(tracer_provider: Any = None, meter_provider: Any = None) -> None:
         tracer_provider: Where the spans go (OpenTelemetry's global one by default).
         meter_provider: Where the metrics go (the global one by default).
 
-    Calling it again replaces the providers.
+    Calling it again replaces the providers. It and :func:`uninstrument` may be called
+    from any thread: one at a time takes effect.
     """
-    uninstrument()
-    instruments = _Instruments(tracer_provider, meter_provider)
-    _current.append(instruments)
-    for facade, wrap, methods in (
-        (State, _traced_sync, _METHODS),
-        (AsyncState, _traced_async, _ASYNC_METHODS),
-    ):
-        for method, name in methods.items():
-            _replace(facade, method, wrap(facade.__dict__[method], name))
-        _replace(facade, "_call", _traced_call(facade.__dict__["_call"]))
-    events.add_listener(instruments.event)
+    with _switching:
+        uninstrument()
+        instruments = _Instruments(tracer_provider, meter_provider)
+        _current.append(instruments)
+        for facade, wrap, methods in (
+            (State, _traced_sync, _METHODS),
+            (AsyncState, _traced_async, _ASYNC_METHODS),
+        ):
+            for method, name in methods.items():
+                _replace(facade, method, wrap(facade.__dict__[method], name))
+            _replace(facade, "_call", _traced_call(facade.__dict__["_call"]))
+        events.add_listener(instruments.event)
 
 
 def _replace(facade: type[Any], name: str, wrapped: Any) -> None:
@@ -395,8 +400,9 @@ def _replace(facade: type[Any], name: str, wrapped: Any) -> None:
 
 def uninstrument() -> None:
     """Stop tracing and measuring: the facades' methods are the originals again."""
-    while _originals:
-        facade, name, original = _originals.pop()
-        setattr(facade, name, original)
-    while _current:
-        events.remove_listener(_current.pop().event)
+    with _switching:
+        while _originals:
+            facade, name, original = _originals.pop()
+            setattr(facade, name, original)
+        while _current:
+            events.remove_listener(_current.pop().event)

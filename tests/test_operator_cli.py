@@ -777,6 +777,40 @@ def test_url_from_the_environment(
         store_for_url(url).flush()
 
 
+def test_common_options_before_or_after_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    with State.from_url(url, key_prefix="p") as state:
+        state.subscribe("t1")
+    for argv in (
+        ["--url", url, "--prefix", "p", "--json", "subscriptions"],
+        ["--url", url, "subscriptions", "--prefix", "p", "--json"],
+        ["subscriptions", "--url", url, "--prefix", "p", "--json"],
+        # given twice, the one after the command's name wins (it was given last)
+        [
+            *("--url", "memory://elsewhere", "--prefix", "q", "subscriptions"),
+            *("--url", url, "--prefix", "p", "--json"),
+        ],
+    ):
+        assert run(capsys, *argv) == (0, '{"thread_id": "t1"}\n', ""), argv
+    # what is given before the name is not undone by the command's defaults
+    status, out, _ = run(capsys, "--prefix", "p", "--url", url, "stats")
+    assert (status, out.splitlines()[0]) == (0, f"chat-state stats: prefix 'p' on {url}")
+    store_for_url(url).flush()
+
+
+def test_demo_takes_url_and_json_before_its_name(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    status, out, _ = run(capsys, "--url", url, "--json", "demo", "--messages", "20")
+    assert status == 0
+    assert json.loads(out)["backend"].startswith(f"AsyncState(url='{url}'")
+    for option in ("--prefix", "--driver"):
+        with pytest.raises(SystemExit) as exited:
+            cli.main([option, "x", "demo"])
+        assert exited.value.code == 2
+        assert f"demo does not take {option}" in capsys.readouterr().err
+    store_for_url(url).flush()
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main(["--version"])

@@ -358,8 +358,10 @@ def test_never_runs():
         ("exit", "redis:standalone"),
         ("keyboard", "redis:standalone"),
         ("sigint", "redis:standalone"),
+        ("sigterm", "redis:standalone"),
         ("exit", "redis:cluster"),
         ("sigint", "redis:sentinel"),
+        ("sigterm", "redis:cluster"),
     ],
 )
 def test_servers_stop_when_the_session_is_interrupted(
@@ -373,7 +375,7 @@ def test_servers_stop_when_the_session_is_interrupted(
     pytester.makepyfile(test_interrupting=INTERRUPTING)
     monkeypatch.setenv("CHAT_STATE_SAMPLE_MODE", mode)
     args = ["-p", "no:cacheprovider", "--chat-state-server", kind, "test_interrupting.py"]
-    if mode != "sigint":
+    if mode not in ("sigint", "sigterm"):
         result = pytester.runpytest_subprocess(*args, timeout=SERVER_RUN_TIMEOUT)
         output = result.stdout.str()
         returncode = int(result.ret)
@@ -391,11 +393,11 @@ def test_servers_stop_when_the_session_is_interrupted(
             while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert ready.exists(), "the test never got going"
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGINT if mode == "sigint" else signal.SIGTERM)
             stdout, _ = process.communicate(timeout=60)
         finally:
             if process.poll() is None:
-                process.terminate()  # SIGTERM skips pytest's clean-up: stop what it ran
+                process.kill()  # SIGKILL skips every clean-up: stop what it ran
                 process.communicate()
                 for entry in records(record_file):
                     for pid in entry.get("pids", []):
@@ -404,7 +406,10 @@ def test_servers_stop_when_the_session_is_interrupted(
         output = stdout.decode("utf-8", "replace")
         returncode = process.returncode
     assert "the session was stopped before this test" not in output
-    assert returncode == pytest.ExitCode.INTERRUPTED, output
+    if mode == "sigterm":  # the plugin stops its servers, then ends as SIGTERM does
+        assert returncode == -signal.SIGTERM, output
+    else:
+        assert returncode == pytest.ExitCode.INTERRUPTED, output
     (entry,) = records(record_file)
     assert_stopped(entry["pids"])
 

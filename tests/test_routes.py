@@ -339,6 +339,28 @@ def test_sentinel_primary_that_cannot_be_used_is_asked_for_again(failure: Except
     driver.done()
 
 
+def test_sentinel_sends_to_the_primary_it_found_though_another_caller_forgot_it() -> None:
+    """A State's threads share one SentinelRoutes. Between finding the primary and
+    sending to it, a thread may be preempted while another, whose command failed on the
+    old primary, forgets the primary: the route still sends to the one it found (it
+    once read the attribute again, found ``None`` and failed an assertion)."""
+
+    class ForgetsOnFailover:  # another thread's failure, at the worst moment
+        def new_primary(self, service: str, old: str, new: str) -> None:
+            routes.primary = None
+
+        def slots_read(self, primaries: list[str]) -> None:
+            raise AssertionError("no slot table here")
+
+    routes = SentinelRoutes(SENTINELS, "mymaster", ForgetsOnFailover())
+    script = [(S1, WHERE, named(P)), (P, SET, "OK"), (P, SET, ConnectFailed("refused"))]
+    driver = Driver(routes, [*script, (S1, WHERE, named(P2)), (P2, SET, "OK")])
+    assert driver.run(routes.call("k", SET)) == "OK"  # the first primary: no failover
+    assert driver.run(routes.call("k", SET)) == "OK"  # P2 found, P forgotten meanwhile
+    assert driver.sends(SET) == [Send(P, SET), Send(P, SET), Send(P2, SET)]
+    driver.done()
+
+
 def test_sentinel_readonly_everywhere_is_raised_after_the_bounded_attempts() -> None:
     routes = sentinel_routes()
     refusals = [

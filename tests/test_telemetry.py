@@ -4,6 +4,8 @@ in-memory exporter and reader, on every target and both facades."""
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -315,6 +317,45 @@ def test_instrumenting_again_replaces_the_providers() -> None:
     assert [s.name for s in first.get_finished_spans()] == []
     assert [s.name for s in second.get_finished_spans()] == ["chat_state.connect", "chat_state.get"]
     assert State.__dict__["get"].__qualname__ == "State.get"
+
+
+def test_instrument_and_uninstrument_from_many_threads() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    originals = {name: State.__dict__[name] for name in ("get", "_call", "connect")}
+    start = threading.Barrier(8)
+
+    def switch(n: int) -> None:
+        start.wait(timeout=10)
+        for _ in range(50):
+            if n % 2:
+                telemetry.instrument(provider)
+            else:
+                telemetry.uninstrument()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as CPython can
+    try:
+        threads = [threading.Thread(target=switch, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        sys.setswitchinterval(interval)
+    try:
+        telemetry.instrument(provider)
+        with State.from_url("memory://") as state:
+            state.get("k")
+    finally:
+        telemetry.uninstrument()
+    # each method wrapped once: one span per operation, and the originals back after
+    assert [s.name for s in exporter.get_finished_spans()] == [
+        "chat_state.connect",
+        "chat_state.get",
+    ]
+    assert {name: State.__dict__[name] for name in originals} == originals
 
 
 def test_no_password_reaches_any_attribute(recorded: Recorded) -> None:

@@ -138,14 +138,21 @@ class SentinelRoutes:
             failures.append(f"{address}: no primary named {self._service!r}")
         raise ConnectFailed("no Sentinel named a primary (" + "; ".join(failures) + ")")
 
+    def _known_primary(self) -> Route[Address]:
+        """The primary, asked of the Sentinels if not known. Read once into a local: a
+        State's threads share these routes, and another may forget it meanwhile."""
+        primary = self.primary
+        if primary is None:
+            primary = yield from self._locate()
+            if self._named is not None and self._named != primary:
+                self._events.new_primary(self._service, str(self._named), str(primary))
+            self.primary = self._named = primary
+            self.version += 1
+        return primary
+
     def ready(self) -> Route[None]:
         """Know the primary."""
-        if self.primary is None:
-            self.primary = yield from self._locate()
-            if self._named is not None and self._named != self.primary:
-                self._events.new_primary(self._service, str(self._named), str(self.primary))
-            self._named = self.primary
-            self.version += 1
+        yield from self._known_primary()
 
     def call(self, key: str | None, args: Args) -> Route[Any]:
         last: Exception = ConnectFailed("no attempt")
@@ -153,9 +160,8 @@ class SentinelRoutes:
             if delay:
                 yield Pause(delay)
             try:
-                yield from self.ready()
-                assert self.primary is not None
-                return (yield Send(self.primary, args))
+                primary = yield from self._known_primary()
+                return (yield Send(primary, args))
             except ConnectFailed as exc:  # never sent; the primary may have moved
                 self.primary, last = None, exc
             except ServerError as exc:

@@ -68,6 +68,7 @@ from .testing import (
     ServerUnavailable,
     find_server_binary,
 )
+from .testing._servers import _stop_leftover_servers
 
 __all__ = [
     "SERVER_KINDS",
@@ -264,10 +265,57 @@ def _stop_leftovers() -> None:
 
 def _on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM (a CI runner's timeout, ``kill``) ends Python without atexit: stop the
-    servers first, then end as SIGTERM would have."""
-    _stop_leftovers()
+    servers first (also a Cluster's node still starting), then end as SIGTERM would
+    have. A second SIGTERM meanwhile does not cut that short. A forked child that has
+    the handler still (its fork hooks could not reset it) just ends."""
+    if os.getpid() in _sigterm_installed_by:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_leftovers()
+        _stop_leftover_servers()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+#: The process that installed :func:`_on_sigterm` (a one-slot list).
+_sigterm_installed_by: list[int] = []
+#: Whether this thread blocked SIGTERM for the fork it is making.
+_forking = threading.local()
+
+
+def _before_fork() -> None:
+    """Block SIGTERM while forking: Python drops a signal that reaches the child before
+    its fork hooks ran, and a child that had the handler would not end (as
+    multiprocessing's ``terminate()`` right after ``start()`` expects)."""
+    _forking.blocked = signal.getsignal(signal.SIGTERM) is _on_sigterm
+    if _forking.blocked:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _after_fork_in_parent() -> None:
+    if getattr(_forking, "blocked", False):
+        _forking.blocked = False
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _after_fork_in_child() -> None:
+    """A forked child did not start its parent's servers: its SIGTERM and its exit stop
+    none of them (SIGTERM ends it as by default; one sent meanwhile arrives now)."""
+    global _running_lock  # noqa: PLW0603 - the one lock, made anew in the child
+    _running.clear()
+    _running_lock = threading.RLock()  # another thread of the parent may have held it
+    if getattr(_forking, "blocked", False):
+        _forking.blocked = False
+        with contextlib.suppress(ValueError):  # (signal() wants the main thread)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 def _stop_on_sigterm(install: bool) -> None:
@@ -277,6 +325,7 @@ def _stop_on_sigterm(install: bool) -> None:
         return  # only the main thread may set a handler
     current = signal.getsignal(signal.SIGTERM)
     if install and current is signal.SIG_DFL:
+        _sigterm_installed_by[:] = [os.getpid()]
         signal.signal(signal.SIGTERM, _on_sigterm)
     elif not install and current is _on_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -164,6 +165,16 @@ _current: list[_Instruments] = []  # the instruments while instrumented (one)
 _originals: list[tuple[type[Any], str, Any]] = []
 #: Held while the methods are swapped (instrument() calls uninstrument(): re-entrant).
 _switching = threading.RLock()
+
+
+def _forked() -> None:
+    """A forked child's lock: another thread of the parent may have held it."""
+    global _switching  # noqa: PLW0603 - the one lock, made anew in the child
+    _switching = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_forked)
 
 
 class _Active:

@@ -362,6 +362,7 @@ def test_never_runs():
         ("exit", "redis:cluster"),
         ("sigint", "redis:sentinel"),
         ("sigterm", "redis:cluster"),
+        ("sigterm-twice", "redis:cluster"),
     ],
 )
 def test_servers_stop_when_the_session_is_interrupted(
@@ -375,7 +376,7 @@ def test_servers_stop_when_the_session_is_interrupted(
     pytester.makepyfile(test_interrupting=INTERRUPTING)
     monkeypatch.setenv("CHAT_STATE_SAMPLE_MODE", mode)
     args = ["-p", "no:cacheprovider", "--chat-state-server", kind, "test_interrupting.py"]
-    if mode not in ("sigint", "sigterm"):
+    if not mode.startswith("sig"):
         result = pytester.runpytest_subprocess(*args, timeout=SERVER_RUN_TIMEOUT)
         output = result.stdout.str()
         returncode = int(result.ret)
@@ -394,6 +395,9 @@ def test_servers_stop_when_the_session_is_interrupted(
                 time.sleep(0.05)
             assert ready.exists(), "the test never got going"
             process.send_signal(signal.SIGINT if mode == "sigint" else signal.SIGTERM)
+            if mode == "sigterm-twice":  # an impatient kill: not while the clean-up runs
+                time.sleep(0.01)
+                process.send_signal(signal.SIGTERM)
             stdout, _ = process.communicate(timeout=60)
         finally:
             if process.poll() is None:
@@ -406,12 +410,86 @@ def test_servers_stop_when_the_session_is_interrupted(
         output = stdout.decode("utf-8", "replace")
         returncode = process.returncode
     assert "the session was stopped before this test" not in output
-    if mode == "sigterm":  # the plugin stops its servers, then ends as SIGTERM does
+    if mode.startswith("sigterm"):  # the plugin stops its servers, then ends as SIGTERM does
         assert returncode == -signal.SIGTERM, output
     else:
         assert returncode == pytest.ExitCode.INTERRUPTED, output
     (entry,) = records(record_file)
     assert_stopped(entry["pids"])
+
+
+STARTING_SIGTERM = """
+import os, signal
+from chat_state.testing import _servers
+from sample_record import record
+
+_started = _servers.RedisServer._start_on_some_port
+
+def _start_on_some_port(self, binary):
+    failure = _started(self, binary)
+    record(pids=[self.pid])
+    if len(_servers._live_servers) == 3:  # the third node answers: SIGTERM now
+        os.kill(os.getpid(), signal.SIGTERM)
+    return failure
+
+_servers.RedisServer._start_on_some_port = _start_on_some_port
+"""
+
+
+def test_servers_stop_on_a_sigterm_while_a_cluster_starts(
+    pytester: pytest.Pytester, record_file: Path
+) -> None:
+    """A node that answers but is not yet one of the Cluster's nodes is stopped too."""
+    needs_binary("redis")
+    pytester.makeconftest(SAMPLE_CONFTEST + STARTING_SIGTERM)
+    pytester.makepyfile(test_starting="def test_on_a_cluster(state):\n    state.set('k', 1)\n")
+    args = ["-p", "no:cacheprovider", "--chat-state-server", "redis:cluster"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *args, "test_starting.py"],
+        cwd=pytester.path,
+        capture_output=True,
+        timeout=SERVER_RUN_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGTERM, done.stdout.decode(errors="replace")
+    pids = [pid for entry in records(record_file) for pid in entry["pids"]]
+    assert len(pids) == 3
+    assert_stopped(pids)
+
+
+FORKING = """
+import multiprocessing, time
+
+def test_a_forked_child_that_is_terminated(chat_state_server, state):
+    handle = chat_state_server.handle
+    servers = getattr(handle, "nodes", None) or [handle]
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+    child.start()
+    child.terminate()
+    child.join(timeout=30)
+    assert child.exitcode == -15  # ended by the SIGTERM, as without the plugin
+    # the child stopped none of the parent's servers, nor removed their folders
+    assert all(server.directory is not None and server.directory.exists() for server in servers)
+    state.set("k", 1)
+    assert state.get("k") == 1
+"""
+
+
+@pytest.mark.parametrize("kind", ["redis:standalone", "redis:cluster"])
+def test_a_forked_child_leaves_the_servers_alone(
+    pytester: pytest.Pytester, record_file: Path, kind: str
+) -> None:
+    needs_binary("redis")
+    pytester.makepyfile(test_forking=FORKING)
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "--chat-state-server",
+        kind,
+        "test_forking.py",
+        timeout=SERVER_RUN_TIMEOUT,
+    )
+    result.assert_outcomes(passed=1)
 
 
 # -- state_clock ---------------------------------------------------------------------------

@@ -340,10 +340,13 @@ def test_sentinel_primary_that_cannot_be_used_is_asked_for_again(failure: Except
 
 
 def test_sentinel_sends_to_the_primary_it_found_though_another_caller_forgot_it() -> None:
-    """A State's threads share one SentinelRoutes. Between finding the primary and
-    sending to it, a thread may be preempted while another, whose command failed on the
-    old primary, forgets the primary: the route still sends to the one it found (it
-    once read the attribute again, found ``None`` and failed an assertion)."""
+    """A State's threads share one SentinelRoutes. While one finds the primary,
+    another, whose command failed on the old one, may forget it: the route sends to
+    the one it found, and ``ready()`` answers it (the transports' ``scan`` and
+    ``each_primary`` use that answer). The routes once read the attribute again after
+    finding it, got ``None``, and failed an assertion (``call``) or asked no primary at
+    all (``ping()``, ``health()``, ``stats()``, ``clear()``). Here the other caller
+    forgets at the one moment a single thread can reach: when the new primary is told."""
 
     class ForgetsOnFailover:  # another thread's failure, at the worst moment
         def new_primary(self, service: str, old: str, new: str) -> None:
@@ -358,6 +361,25 @@ def test_sentinel_sends_to_the_primary_it_found_though_another_caller_forgot_it(
     assert driver.run(routes.call("k", SET)) == "OK"  # the first primary: no failover
     assert driver.run(routes.call("k", SET)) == "OK"  # P2 found, P forgotten meanwhile
     assert driver.sends(SET) == [Send(P, SET), Send(P, SET), Send(P2, SET)]
+    assert driver.run(routes.ready()) == [P2] == routes.primaries()  # known: nobody asked
+    routes.primary = None  # a failure elsewhere: ask again
+    driver.expect((S1, WHERE, named(P)))
+    assert driver.run(routes.ready()) == [P]  # found, though forgotten when told
+    driver.done()
+
+
+def test_a_failed_primary_is_forgotten_only_if_no_other_caller_found_another() -> None:
+    routes = sentinel_routes()
+    driver = Driver(routes, [(S1, WHERE, named(P))])
+    assert driver.run(routes.ready()) == [P]
+    late = routes.call("k", SET)  # sent to P, whose failure comes after another's find
+    assert next(late) == Send(P, SET)
+    routes.primary = P2  # another caller found the new primary meanwhile
+    step = late.throw(ConnectFailed("cannot connect to 127.0.0.1:6380: refused"))
+    assert step == Pause(connect_delays()[1])
+    assert routes.primary == P2  # kept: the failure was P's
+    driver.expect((P2, SET, "OK"))
+    assert driver.run(late) == "OK"  # (the driver answers the Pause first)
     driver.done()
 
 

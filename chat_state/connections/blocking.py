@@ -310,13 +310,12 @@ class BlockingRouted:
         return self._follow(self._routes.call(key, args))
 
     def scan(self, pattern: str) -> Iterator[str]:
-        self._follow(self._routes.ready())
-        for address in self._routes.primaries():
+        for address in self._follow(self._routes.ready()):
             yield from self._nodes.get(address).scan(pattern)
 
     def each_primary(self, args: Args) -> list[NodeReply]:
-        self._follow(self._routes.ready())
-        return [_timed(a, self._nodes.get(a), args) for a in self._routes.primaries()]
+        primaries = self._follow(self._routes.ready())
+        return [_timed(a, self._nodes.get(a), args) for a in primaries]
 
     def close(self) -> None:
         for node in self._nodes.take_all():

@@ -467,17 +467,13 @@ class Routed:
         return self._follow(self._routes.call(key, args))
 
     async def scan(self, pattern: str) -> AsyncIterator[str]:
-        await self._follow(self._routes.ready())
-        for address in self._routes.primaries():
+        for address in await self._follow(self._routes.ready()):
             async for key in self._nodes.get(address).scan(pattern):
                 yield key
 
     async def each_primary(self, args: Args) -> list[NodeReply]:
-        await self._follow(self._routes.ready())
-        return [
-            await _timed(address, self._nodes.get(address), args)
-            for address in self._routes.primaries()
-        ]
+        primaries = await self._follow(self._routes.ready())
+        return [await _timed(address, self._nodes.get(address), args) for address in primaries]
 
     async def aclose(self) -> None:
         for node in self._nodes.take_all():

@@ -150,30 +150,40 @@ class SentinelRoutes:
             self.version += 1
         return primary
 
-    def ready(self) -> Route[None]:
-        """Know the primary."""
-        yield from self._known_primary()
+    def _forget(self, primary: Address | None) -> None:
+        """Ask the Sentinels again next time, unless another caller already found a
+        primary other than the ``primary`` that failed."""
+        if primary is not None and self.primary == primary:
+            self.primary = None
+
+    def ready(self) -> Route[list[Address]]:
+        """Know the primary; → the primaries in use (that one)."""
+        return [(yield from self._known_primary())]
 
     def call(self, key: str | None, args: Args) -> Route[Any]:
         last: Exception = ConnectFailed("no attempt")
         for delay in connect_delays():
             if delay:
                 yield Pause(delay)
+            primary = None
             try:
                 primary = yield from self._known_primary()
                 return (yield Send(primary, args))
             except ConnectFailed as exc:  # never sent; the primary may have moved
-                self.primary, last = None, exc
+                self._forget(primary)
+                last = exc
             except ServerError as exc:
                 if not str(exc).startswith("READONLY"):
                     raise
                 # A primary that became a replica refused the command before it wrote
                 # anything (a script fails at its first write): ask again, send again.
-                self.primary, last = None, exc
+                self._forget(primary)
+                last = exc
         raise last
 
     def primaries(self) -> list[Address]:
-        return [] if self.primary is None else [self.primary]
+        primary = self.primary  # once: another thread may forget it meanwhile
+        return [] if primary is None else [primary]
 
     def peer(self, key: str | None) -> Address | None:
         """Where a command would go now (``None``: not known yet)."""
@@ -217,10 +227,12 @@ class ClusterRoutes:
             return
         raise ConnectFailed("no Cluster node answered (" + "; ".join(failures) + ")")
 
-    def ready(self) -> Route[None]:
-        """Know the slot table (read it again if it may be out of date)."""
+    def ready(self) -> Route[list[Address]]:
+        """Know the slot table (read it again if it may be out of date); → the
+        primaries it names."""
         if self._stale:
             yield Refresh(self.version)
+        return self.primaries()
 
     def _owner(self, key: str | None) -> Address:
         if key is None:

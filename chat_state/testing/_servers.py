@@ -544,3 +544,12 @@ def _stop_leftover_servers() -> None:
     for server in list(_live_servers):
         with contextlib.suppress(Exception):
             server.stop()
+
+
+def _forget_in_child() -> None:
+    """A forked child did not start its parent's servers: its exit stops none of them."""
+    _live_servers.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_forget_in_child)

@@ -227,11 +227,15 @@ class ClusterRoutes:
             return
         raise ConnectFailed("no Cluster node answered (" + "; ".join(failures) + ")")
 
-    def ready(self) -> Route[list[Address]]:
-        """Know the slot table (read it again if it may be out of date); → the
-        primaries it names."""
+    def _current(self) -> Route[None]:
+        """Know the slot table (read it again if it may be out of date)."""
         if self._stale:
             yield Refresh(self.version)
+
+    def ready(self) -> Route[list[Address]]:
+        """Know the slot table; → the primaries it names (a walk of every slot: not
+        for each command, which :meth:`call` routes by its key alone)."""
+        yield from self._current()
         return self.primaries()
 
     def _owner(self, key: str | None) -> Address:
@@ -264,7 +268,7 @@ class ClusterRoutes:
             try:
                 if ask is not None:
                     return (yield Send(ask, args, asking=True))
-                yield from self.ready()
+                yield from self._current()
                 routed = self.version
                 return (yield Send(self._owner(key), args))
             except ServerError as exc:
